@@ -1,0 +1,24 @@
+//! # eamet-hooks
+//!
+//! The model layer of eamet-rs: everything a locate-then-edit method needs from a causal
+//! language model, on libtorch (via [`tch`]). Its one job is to run real pretrained
+//! transformers with *hooks*: read keys (the input of the MLP output projection `W_out`),
+//! add vectors to MLP outputs, return log-probabilities only where asked, and patch `W_out`.
+//!
+//! Available now:
+//! - [`gguf`]: a bounds-checked reader for GGUF v2/v3 headers, typed metadata and tensor
+//!   descriptors over a memory map. Malformed files give a [`gguf::GgufError`] naming the
+//!   field and offset, never a panic or a giant allocation.
+//! - [`info`]: the hyperparameters editing needs, read from a GGUF header.
+//! - [`paths`]: where the per-user cache and the default model live.
+//! - [`runtime`]: a check that libtorch is linked and computes (including autograd).
+//!
+//! Model loading, the hookable forward and generation follow (see the project issues).
+#![deny(missing_docs)]
+
+pub mod gguf;
+pub mod info;
+pub mod paths;
+pub mod runtime;
+
+pub use tch;

@@ -1,0 +1,67 @@
+//! # eamet
+//!
+//! Massive knowledge editing of large language models in Rust: EAMET (embedding-aligned
+//! MEMIT, ICLR 2026) and the MEMIT family it extends (MEMIT, AlphaEdit), on real pretrained
+//! models through libtorch.
+//!
+//! This facade re-exports the workspace crates, each usable alone:
+//!
+//! | crate | one job | libtorch |
+//! |---|---|---|
+//! | [`hooks`] (`eamet-hooks`) | load models, hookable forward, patch `W_out` | yes |
+//! | [`align`] (`eamet-align`) | misalignment score `A(i)` and alignment targets | no |
+//! | [`solve`] (`eamet-solve`) | key statistics and closed-form update solvers | no |
+//! | [`optim`] (`eamet-optim`) | per-fact residual optimization (MEMIT / EAMET schedules) | yes |
+//! | [`eval`] (`eamet-eval`) | datasets and metrics | yes |
+//!
+//! The `Editor` pipeline that composes them lands with its issue; today the facade offers
+//! [`inspect_model`], which the `eamet info` command and the README's main job use.
+//!
+//! ```no_run
+//! let path = eamet::hooks::paths::default_model().expect("a cache directory");
+//! let report = eamet::inspect_model(&path)?;
+//! println!("{}", report.info);
+//! # Ok::<(), eamet::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub use eamet_align as align;
+pub use eamet_eval as eval;
+pub use eamet_hooks as hooks;
+pub use eamet_optim as optim;
+pub use eamet_solve as solve;
+
+use std::path::Path;
+
+/// Errors of the facade.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The model file could not be read or is malformed.
+    #[error(transparent)]
+    Gguf(#[from] hooks::gguf::GgufError),
+    /// libtorch failed its self-check.
+    #[error(transparent)]
+    Runtime(#[from] hooks::runtime::RuntimeError),
+}
+
+/// What [`inspect_model`] found.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// Hyperparameters from the model header.
+    pub info: hooks::info::ModelInfo,
+    /// libtorch's self-check.
+    pub runtime: hooks::runtime::RuntimeReport,
+}
+
+/// Open a GGUF model, read its hyperparameters, and check that libtorch computes.
+pub fn inspect_model(path: &Path) -> Result<Inspection, Error> {
+    let file = hooks::gguf::GgufFile::open(path)?;
+    let info = hooks::info::ModelInfo::from_gguf(&file)?;
+    let runtime = hooks::runtime::self_check()?;
+    Ok(Inspection { info, runtime })
+}
+
+/// The README's code blocks, compiled as doctests so the documented usage cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
