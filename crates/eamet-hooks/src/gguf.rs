@@ -660,14 +660,16 @@ impl GgufFile {
                     offset: start,
                     size: r.size,
                 }),
-                _ => return Err(GgufError::Invalid {
-                    field: format!("tensor ({}).offset", r.name),
-                    offset: r.at,
-                    detail: format!(
+                _ => {
+                    return Err(GgufError::Invalid {
+                        field: format!("tensor ({}).offset", r.name),
+                        offset: r.at,
+                        detail: format!(
                         "data [{} + {}, +{} bytes) lies past the end of the {file_len}-byte file",
                         data_offset, r.rel, r.size
                     ),
-                }),
+                    })
+                }
             }
         }
 

@@ -11,14 +11,27 @@
 //!   field and offset, never a panic or a giant allocation.
 //! - [`info`]: the hyperparameters editing needs, read from a GGUF header.
 //! - [`paths`]: where the per-user cache and the default model live.
+//! - [`quant`]: dequantization of GGML blocks (F32/F16/BF16, Q4_0/1, Q5_0/1, Q8_0,
+//!   Q4_K/Q5_K/Q6_K) to `f32`, checked against the `gguf` Python package.
 //! - [`runtime`]: a check that libtorch is linked and computes (including autograd).
 //!
 //! Model loading, the hookable forward and generation follow (see the project issues).
 #![deny(missing_docs)]
 
+pub mod config;
+pub mod error;
 pub mod gguf;
 pub mod info;
+pub mod llama;
+pub mod model;
+pub mod patch;
 pub mod paths;
+pub mod quant;
 pub mod runtime;
+pub mod tokenizer;
 
+pub use config::ModelConfig;
+pub use error::{ModelError, Result};
+pub use llama::LlamaModel;
+pub use model::{Batch, Capture, Edit, EditableLm, LogProbs, Output, Padding, Plan, Site, Start};
 pub use tch;

@@ -1,0 +1,1012 @@
+//! The Llama family (Llama 2, Mistral, Qwen2/2.5, DeepSeek-LLM, SmolLM2) on libtorch, f32.
+//!
+//! RMSNorm, rotary embeddings (Hugging Face's half-split convention), grouped-query attention,
+//! SwiGLU MLP, tied or untied LM head, optional q/k/v biases (Qwen2). Loads GGUF files (any
+//! supported quantization, dequantized to f32) and Hugging Face safetensors checkpoints.
+
+use crate::config::ModelConfig;
+use crate::error::{io_err, ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::model::{
+    check_positions, flat_index, Batch, EditableLm, Generation, LogProbs, Output, Padding, Plan,
+    Site,
+};
+use crate::quant::dequantize_tensor;
+use crate::tokenizer::Tokenizer;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// Where the weights came from (for patches and reports).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    /// A GGUF file.
+    Gguf(PathBuf),
+    /// A Hugging Face checkpoint directory.
+    HfDir(PathBuf),
+}
+
+impl ModelSource {
+    /// The file whose bytes identify the base model (GGUF file, or the directory's
+    /// `config.json`; patches record the SHA-256 of [`ModelSource::identity_files`]).
+    pub fn identity_files(&self) -> Result<Vec<PathBuf>> {
+        match self {
+            ModelSource::Gguf(p) => Ok(vec![p.clone()]),
+            ModelSource::HfDir(d) => {
+                let mut files = vec![d.join("config.json")];
+                let mut st: Vec<PathBuf> = std::fs::read_dir(d)
+                    .map_err(io_err(d))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                    .collect();
+                st.sort();
+                files.extend(st);
+                Ok(files)
+            }
+        }
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    wo: Tensor,
+    mlp_norm: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    /// `[d_model, d_ff]`: already key→residual.
+    w_down: Tensor,
+}
+
+/// A Llama-family causal LM with editing hooks.
+pub struct LlamaModel {
+    cfg: ModelConfig,
+    tok: Tokenizer,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Option<Tensor>,
+    inv_freq: Tensor,
+    /// Loaded `W_out` of every edited layer, and the sum of deltas applied to it.
+    originals: HashMap<usize, (Tensor, Tensor)>,
+    source: ModelSource,
+    sha256: std::sync::OnceLock<String>,
+    device: Device,
+}
+
+impl std::fmt::Debug for LlamaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaModel")
+            .field("config", &self.cfg)
+            .field("source", &self.source)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// Gets named f32 tensors (row-major, PyTorch shapes) out of a checkpoint.
+trait TensorSource {
+    fn describe(&self) -> String;
+    fn get(&self, name: &str) -> Result<Option<Tensor>>;
+}
+
+fn expect_shape(name: &str, t: &Tensor, expected: &[i64]) -> Result<()> {
+    if t.size() != expected {
+        return Err(ModelError::Shape {
+            name: name.into(),
+            expected: expected.to_vec(),
+            got: t.size(),
+        });
+    }
+    Ok(())
+}
+
+fn require(src: &dyn TensorSource, name: &str, shape: &[i64]) -> Result<Tensor> {
+    let t = src.get(name)?.ok_or_else(|| ModelError::MissingTensor {
+        name: name.into(),
+        source_desc: src.describe(),
+    })?;
+    expect_shape(name, &t, shape)?;
+    Ok(t)
+}
+
+fn optional(src: &dyn TensorSource, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
+    match src.get(name)? {
+        Some(t) => {
+            expect_shape(name, &t, shape)?;
+            Ok(Some(t))
+        }
+        None => Ok(None),
+    }
+}
+
+struct GgufTensors<'a> {
+    file: &'a GgufFile,
+    path: &'a Path,
+    /// llama.cpp stores Llama's q/k rows permuted for its rotary layout; undo it.
+    unpermute_qk: bool,
+    n_heads: i64,
+    n_kv_heads: i64,
+}
+
+impl GgufTensors<'_> {
+    fn hf_name(name: &str) -> String {
+        // model.layers.{i}.{part} <- blk.{i}.{gguf part}
+        if let Some(rest) = name.strip_prefix("model.layers.") {
+            let (i, part) = rest.split_once('.').unwrap_or((rest, ""));
+            let g = match part {
+                "input_layernorm.weight" => "attn_norm.weight",
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.q_proj.bias" => "attn_q.bias",
+                "self_attn.k_proj.bias" => "attn_k.bias",
+                "self_attn.v_proj.bias" => "attn_v.bias",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                other => other,
+            };
+            return format!("blk.{i}.{g}");
+        }
+        match name {
+            "model.embed_tokens.weight" => "token_embd.weight".into(),
+            "model.norm.weight" => "output_norm.weight".into(),
+            "lm_head.weight" => "output.weight".into(),
+            other => other.into(),
+        }
+    }
+}
+
+impl TensorSource for GgufTensors<'_> {
+    fn describe(&self) -> String {
+        format!("GGUF file {}", self.path.display())
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        let gname = Self::hf_name(name);
+        let Some(info) = self.file.tensor(&gname) else {
+            return Ok(None);
+        };
+        let data = dequantize_tensor(self.file, info)?;
+        // GGML dims are fastest-first; PyTorch shapes are slowest-first.
+        let shape: Vec<i64> = info.dims.iter().rev().map(|&d| d as i64).collect();
+        let mut t = Tensor::f_from_slice(&data)?.f_reshape(&shape)?;
+        if self.unpermute_qk
+            && (gname.ends_with("attn_q.weight") || gname.ends_with("attn_k.weight"))
+        {
+            let heads = if gname.ends_with("attn_q.weight") {
+                self.n_heads
+            } else {
+                self.n_kv_heads
+            };
+            let (rows, cols) = (shape[0], *shape.get(1).unwrap_or(&1));
+            if heads == 0 || rows % (2 * heads) != 0 {
+                return Err(ModelError::Shape {
+                    name: gname,
+                    expected: vec![heads * 2, cols],
+                    got: shape,
+                });
+            }
+            t = t
+                .f_reshape([heads, rows / heads / 2, 2, cols])?
+                .f_transpose(1, 2)?
+                .f_reshape([rows, cols])?
+                .f_contiguous()?;
+        }
+        Ok(Some(t))
+    }
+}
+
+struct SafetensorsDir {
+    dir: PathBuf,
+    /// tensor name -> file
+    index: HashMap<String, PathBuf>,
+    maps: HashMap<PathBuf, memmap2::Mmap>,
+}
+
+impl SafetensorsDir {
+    fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut index = HashMap::new();
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path).map_err(io_err(&index_path))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::Safetensors {
+                    path: index_path.clone(),
+                    detail: e.to_string(),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Safetensors {
+                    path: index_path.clone(),
+                    detail: "no weight_map object".into(),
+                })?;
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| ModelError::Safetensors {
+                    path: index_path.clone(),
+                    detail: format!("weight_map[{name}] is not a file name"),
+                })?;
+                if file.contains('/') || file.contains("..") {
+                    return Err(ModelError::Safetensors {
+                        path: index_path.clone(),
+                        detail: format!(
+                            "weight_map[{name}] = {file:?} points outside the directory"
+                        ),
+                    });
+                }
+                let p = dir.join(file);
+                if !files.contains(&p) {
+                    files.push(p.clone());
+                }
+                index.insert(name.clone(), p);
+            }
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(ModelError::Config(format!(
+                    "{} has neither model.safetensors nor model.safetensors.index.json",
+                    dir.display()
+                )));
+            }
+            files.push(single);
+        }
+        let mut maps = HashMap::new();
+        for f in &files {
+            let file = std::fs::File::open(f).map_err(io_err(f))?;
+            // SAFETY: read-only map of a checkpoint that is not modified while loading.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(f))?;
+            let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| {
+                ModelError::Safetensors {
+                    path: f.clone(),
+                    detail: e.to_string(),
+                }
+            })?;
+            if !index_path.exists() {
+                for name in st.names() {
+                    index.insert(name.to_string(), f.clone());
+                }
+            }
+            maps.insert(f.clone(), map);
+        }
+        Ok(SafetensorsDir {
+            dir: dir.to_path_buf(),
+            index,
+            maps,
+        })
+    }
+}
+
+impl TensorSource for SafetensorsDir {
+    fn describe(&self) -> String {
+        format!("safetensors checkpoint {}", self.dir.display())
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some(file) = self.index.get(name) else {
+            return Ok(None);
+        };
+        let map = &self.maps[file];
+        let st_err = |detail: String| ModelError::Safetensors {
+            path: file.clone(),
+            detail,
+        };
+        let st = safetensors::SafeTensors::deserialize(map).map_err(|e| st_err(e.to_string()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| st_err(format!("{name}: {e}")))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let bytes = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            safetensors::Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(st_err(format!(
+                    "{name}: dtype {other:?} is not supported (f32, f16, bf16)"
+                )))
+            }
+        };
+        Ok(Some(Tensor::f_from_slice(&data)?.f_reshape(&shape)?))
+    }
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    x * (var + eps).rsqrt() * w
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(&[x2.neg(), x1], 3)
+}
+
+impl LlamaModel {
+    /// Load a GGUF file (Llama, Mistral or Qwen2 architecture) onto `device`, f32.
+    pub fn from_gguf(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let path = path.as_ref();
+        let file = GgufFile::open(path)?;
+        let cfg = ModelConfig::from_gguf(&file)?;
+        let tok = Tokenizer::from_gguf(&file)?;
+        let src = GgufTensors {
+            file: &file,
+            path,
+            unpermute_qk: cfg.arch_name == "llama" || cfg.arch_name == "mistral",
+            n_heads: cfg.n_heads as i64,
+            n_kv_heads: cfg.n_kv_heads as i64,
+        };
+        Self::build(
+            cfg,
+            tok,
+            &src,
+            ModelSource::Gguf(path.to_path_buf()),
+            device,
+        )
+    }
+
+    /// Load a Hugging Face checkpoint directory: `config.json`, `tokenizer.json`, and
+    /// `model.safetensors` or sharded `*.safetensors` with `model.safetensors.index.json`.
+    pub fn from_hf_dir(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
+        let cfg = ModelConfig::from_hf_json(&text)?;
+        let raw: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let id = |k: &str| -> Option<u32> {
+            match raw.get(k) {
+                Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
+                Some(serde_json::Value::Array(a)) => {
+                    a.first().and_then(|v| v.as_u64()).map(|v| v as u32)
+                }
+                _ => None,
+            }
+        };
+        let tok_path = dir.join("tokenizer.json");
+        let tok = Tokenizer::from_file(&tok_path, id("bos_token_id"), id("eos_token_id"), false)?;
+        let src = SafetensorsDir::open(dir)?;
+        Self::build(
+            cfg,
+            tok,
+            &src,
+            ModelSource::HfDir(dir.to_path_buf()),
+            device,
+        )
+    }
+
+    fn build(
+        cfg: ModelConfig,
+        tok: Tokenizer,
+        src: &dyn TensorSource,
+        source: ModelSource,
+        device: Device,
+    ) -> Result<Self> {
+        let _guard = tch::no_grad_guard();
+        let (v, d, f) = (cfg.vocab_size as i64, cfg.d_model as i64, cfg.d_ff as i64);
+        let (nh, nkv, hd) = (
+            cfg.n_heads as i64,
+            cfg.n_kv_heads as i64,
+            cfg.head_dim as i64,
+        );
+        if tok.vocab_size() > cfg.vocab_size {
+            return Err(ModelError::Config(format!(
+                "the tokenizer has {} tokens but the model only {} embeddings",
+                tok.vocab_size(),
+                cfg.vocab_size
+            )));
+        }
+        let dev = |t: Tensor| t.to_device(device);
+        let embed = dev(require(src, "model.embed_tokens.weight", &[v, d])?);
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let n = |s: &str| format!("model.layers.{l}.{s}");
+            let bias = |s: &str, len: i64| -> Result<Option<Tensor>> {
+                let b = optional(src, &n(s), &[len])?;
+                if cfg.qkv_bias && b.is_none() {
+                    return Err(ModelError::MissingTensor {
+                        name: n(s),
+                        source_desc: src.describe(),
+                    });
+                }
+                Ok(b.map(dev))
+            };
+            blocks.push(Block {
+                attn_norm: dev(require(src, &n("input_layernorm.weight"), &[d])?),
+                wq: dev(require(src, &n("self_attn.q_proj.weight"), &[nh * hd, d])?),
+                wk: dev(require(src, &n("self_attn.k_proj.weight"), &[nkv * hd, d])?),
+                wv: dev(require(src, &n("self_attn.v_proj.weight"), &[nkv * hd, d])?),
+                bq: bias("self_attn.q_proj.bias", nh * hd)?,
+                bk: bias("self_attn.k_proj.bias", nkv * hd)?,
+                bv: bias("self_attn.v_proj.bias", nkv * hd)?,
+                wo: dev(require(src, &n("self_attn.o_proj.weight"), &[d, nh * hd])?),
+                mlp_norm: dev(require(src, &n("post_attention_layernorm.weight"), &[d])?),
+                w_gate: dev(require(src, &n("mlp.gate_proj.weight"), &[f, d])?),
+                w_up: dev(require(src, &n("mlp.up_proj.weight"), &[f, d])?),
+                w_down: dev(require(src, &n("mlp.down_proj.weight"), &[d, f])?),
+            });
+        }
+        let norm = dev(require(src, "model.norm.weight", &[d])?);
+        let lm_head = if cfg.tied_embeddings {
+            None
+        } else {
+            Some(dev(require(src, "lm_head.weight", &[v, d])?))
+        };
+        let inv_freq: Vec<f32> = (0..hd / 2)
+            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64)) as f32)
+            .collect();
+        Ok(LlamaModel {
+            cfg,
+            tok,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            inv_freq: dev(Tensor::from_slice(&inv_freq)),
+            originals: HashMap::new(),
+            source,
+            sha256: std::sync::OnceLock::new(),
+            device,
+        })
+    }
+
+    /// Where the weights came from.
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
+        if layer >= self.cfg.n_layers {
+            return Err(ModelError::BadLayer {
+                layer,
+                n_layers: self.cfg.n_layers,
+            });
+        }
+        Ok(())
+    }
+
+    /// cos/sin for positions `[B, T]` -> `[B, 1, T, head_dim]`.
+    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (emb.cos(), emb.sin())
+    }
+
+    /// Boolean attention mask `[B, 1, Tq, S]`: causal, no padding keys, each query sees itself.
+    fn attn_mask(key_valid: &Tensor, tq: i64) -> Tensor {
+        let (b, s) = (key_valid.size()[0], key_valid.size()[1]);
+        let dev = key_valid.device();
+        let q_pos = Tensor::arange_start(s - tq, s, (Kind::Int64, dev)).view([tq, 1]);
+        let k_pos = Tensor::arange(s, (Kind::Int64, dev)).view([1, s]);
+        let causal = k_pos.le_tensor(&q_pos); // [Tq, S]
+        let diag = k_pos.eq_tensor(&q_pos);
+        let valid = key_valid.ne(0).view([b, 1, 1, s]);
+        causal
+            .view([1, 1, tq, s])
+            .logical_and(&valid)
+            .logical_or(&diag.view([1, 1, tq, s]))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut (Tensor, Tensor)>,
+    ) -> Tensor {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (nh, nkv, hd) = (
+            self.cfg.n_heads as i64,
+            self.cfg.n_kv_heads as i64,
+            self.cfg.head_dim as i64,
+        );
+        let proj = |w: &Tensor, bias: &Option<Tensor>, heads: i64| {
+            x.linear(w, bias.as_ref())
+                .view([b, t, heads, hd])
+                .transpose(1, 2)
+        };
+        let q = proj(&blk.wq, &blk.bq, nh);
+        let k = proj(&blk.wk, &blk.bk, nkv);
+        let v = proj(&blk.wv, &blk.bv, nkv);
+        let q = &q * cos + rotate_half(&q) * sin;
+        let k = &k * cos + rotate_half(&k) * sin;
+        let (k, v) = match cache {
+            Some(c) => {
+                let k = if c.0.numel() == 0 {
+                    k
+                } else {
+                    Tensor::cat(&[&c.0, &k], 2)
+                };
+                let v = if c.1.numel() == 0 {
+                    v
+                } else {
+                    Tensor::cat(&[&c.1, &v], 2)
+                };
+                *c = (k.shallow_clone(), v.shallow_clone());
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask),
+            0.0,
+            false,
+            None,
+            nh != nkv,
+        );
+        y.transpose(1, 2)
+            .contiguous()
+            .view([b, t, nh * hd])
+            .linear::<Tensor>(&blk.wo, None)
+    }
+
+    /// Core pass over blocks `from..=to` with hooks; returns the final hidden states.
+    #[allow(clippy::too_many_arguments)]
+    fn run_blocks(
+        &self,
+        batch_dims: (i64, i64),
+        mut h: Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        from: usize,
+        to: usize,
+        plan: Option<(&Batch, &Plan)>,
+        captures: &mut [Option<Tensor>],
+        mut cache: Option<&mut Vec<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t) = batch_dims;
+        let (cos, sin) = self.rope(positions);
+        let gather = |x: &Tensor, at: &Option<Vec<(usize, usize)>>, batch: &Batch| -> Tensor {
+            match at {
+                None => x.shallow_clone(),
+                Some(at) => {
+                    let dim = x.size()[2];
+                    x.reshape([b * t, dim])
+                        .index_select(0, &flat_index(batch, at, self.device))
+                }
+            }
+        };
+        for l in from..=to {
+            let blk = &self.blocks[l];
+            if let Some((batch, plan)) = plan {
+                for (i, c) in plan.captures.iter().enumerate() {
+                    if c.layer == l && c.site == Site::BlockIn {
+                        captures[i] = Some(gather(&h, &c.at, batch));
+                    }
+                }
+            }
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c[l]);
+            let a = self.attention(
+                blk,
+                &rms_norm(&h, &blk.attn_norm, self.cfg.rms_eps),
+                &cos,
+                &sin,
+                mask,
+                layer_cache,
+            );
+            let h_mid = h + a;
+            let n = rms_norm(&h_mid, &blk.mlp_norm, self.cfg.rms_eps);
+            let key =
+                n.linear::<Tensor>(&blk.w_gate, None).silu() * n.linear::<Tensor>(&blk.w_up, None);
+            let mut m = key.linear::<Tensor>(&blk.w_down, None);
+            if let Some((batch, plan)) = plan {
+                for (i, c) in plan.captures.iter().enumerate() {
+                    if c.layer == l && c.site == Site::MlpKey {
+                        captures[i] = Some(gather(&key, &c.at, batch));
+                    }
+                }
+                for e in plan.edits.iter().filter(|e| e.layer == l) {
+                    let d = self.cfg.d_model as i64;
+                    let n_at = e.at.len() as i64;
+                    let delta = if e.delta.dim() == 1 {
+                        e.delta.view([1, d]).expand([n_at, d], false)
+                    } else {
+                        e.delta.shallow_clone()
+                    };
+                    m = m
+                        .reshape([b * t, d])
+                        .f_index_add(0, &flat_index(batch, &e.at, self.device), &delta)?
+                        .view([b, t, d]);
+                }
+                for (i, c) in plan.captures.iter().enumerate() {
+                    if c.layer == l && c.site == Site::MlpOut {
+                        captures[i] = Some(gather(&m, &c.at, batch));
+                    }
+                }
+            }
+            h = h_mid + m;
+            if let Some((batch, plan)) = plan {
+                for (i, c) in plan.captures.iter().enumerate() {
+                    if c.layer == l && c.site == Site::BlockOut {
+                        captures[i] = Some(gather(&h, &c.at, batch));
+                    }
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    fn validate_plan(&self, batch: &Batch, plan: &Plan) -> Result<()> {
+        let d = self.cfg.d_model as i64;
+        for c in &plan.captures {
+            self.check_layer(c.layer)?;
+            if let Some(at) = &c.at {
+                check_positions(batch, at, "capture")?;
+            }
+        }
+        for e in &plan.edits {
+            self.check_layer(e.layer)?;
+            check_positions(batch, &e.at, "edit")?;
+            let s = e.delta.size();
+            let ok = s == [d] || s == [e.at.len() as i64, d];
+            if !ok {
+                return Err(ModelError::Request(format!(
+                    "edit at layer {}: delta has shape {s:?}, expected [{d}] or [{}, {d}]",
+                    e.layer,
+                    e.at.len()
+                )));
+            }
+        }
+        if let Some(s) = &plan.start {
+            self.check_layer(s.layer)?;
+            let want = [batch.rows() as i64, batch.width as i64, d];
+            if s.hidden.size() != want {
+                return Err(ModelError::Request(format!(
+                    "start hidden state has shape {:?}, expected {want:?}",
+                    s.hidden.size()
+                )));
+            }
+        }
+        let first = plan.start.as_ref().map_or(0, |s| s.layer);
+        let last = plan.stop_after.unwrap_or(self.cfg.n_layers - 1);
+        if let Some(stop) = plan.stop_after {
+            self.check_layer(stop)?;
+            if plan.logprobs.is_some() {
+                return Err(ModelError::Request(
+                    "logprobs requested but stop_after skips the LM head".into(),
+                ));
+            }
+        }
+        if last < first {
+            return Err(ModelError::Request(format!(
+                "stop_after {last} is before the start layer {first}"
+            )));
+        }
+        for c in &plan.captures {
+            if c.layer < first || c.layer > last {
+                return Err(ModelError::Request(format!(
+                    "capture at layer {} is outside the layers run ({first}..={last})",
+                    c.layer
+                )));
+            }
+        }
+        for e in &plan.edits {
+            if e.layer < first || e.layer > last {
+                return Err(ModelError::Request(format!(
+                    "edit at layer {} is outside the layers run ({first}..={last})",
+                    e.layer
+                )));
+            }
+        }
+        match &plan.logprobs {
+            Some(LogProbs::Tokens { at, tokens }) => {
+                check_positions(batch, at, "logprobs")?;
+                if at.len() != tokens.len() {
+                    return Err(ModelError::Request(format!(
+                        "logprobs: {} positions but {} tokens",
+                        at.len(),
+                        tokens.len()
+                    )));
+                }
+                if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+                    return Err(ModelError::Request(format!(
+                        "logprobs: token {t} is outside the vocabulary"
+                    )));
+                }
+            }
+            Some(LogProbs::Full { at }) => check_positions(batch, at, "logprobs")?,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Final norm + LM head on selected rows of flattened hidden states -> log-softmax.
+    fn head_logprobs(&self, h_sel: &Tensor) -> Tensor {
+        rms_norm(h_sel, &self.norm, self.cfg.rms_eps)
+            .linear::<Tensor>(self.head(), None)
+            .log_softmax(-1, Kind::Float)
+    }
+
+    /// Logits (not log-probabilities) at each row's last real token: `[B, vocab]`.
+    pub fn last_logits(&self, batch: &Batch) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        let (b, t) = (batch.rows() as i64, batch.width as i64);
+        let h0 = self.embed.embedding_like(&batch.ids);
+        let mask = Self::attn_mask(&batch.mask, t);
+        let mut caps = [];
+        let h = self.run_blocks(
+            (b, t),
+            h0,
+            &batch.positions,
+            &mask,
+            0,
+            self.cfg.n_layers - 1,
+            None,
+            &mut caps,
+            None,
+        )?;
+        let at: Vec<(usize, usize)> = batch.last_slots().into_iter().enumerate().collect();
+        let sel = h
+            .reshape([b * t, self.cfg.d_model as i64])
+            .index_select(0, &flat_index(batch, &at, self.device));
+        Ok(rms_norm(&sel, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None))
+    }
+}
+
+trait EmbeddingExt {
+    fn embedding_like(&self, ids: &Tensor) -> Tensor;
+}
+
+impl EmbeddingExt for Tensor {
+    fn embedding_like(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(self, ids, -1, false, false)
+    }
+}
+
+impl EditableLm for LlamaModel {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tok
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn forward(&self, batch: &Batch, plan: &Plan) -> Result<Output> {
+        self.validate_plan(batch, plan)?;
+        if let Some(&t) = Vec::<i64>::try_from(batch.ids.flatten(0, -1))?
+            .iter()
+            .find(|&&t| t < 0 || t as usize >= self.cfg.vocab_size)
+        {
+            return Err(ModelError::Request(format!(
+                "token id {t} is outside the vocabulary"
+            )));
+        }
+        let (b, t) = (batch.rows() as i64, batch.width as i64);
+        let (from, h0) = match &plan.start {
+            Some(s) => (s.layer, s.hidden.shallow_clone()),
+            None => (0, self.embed.embedding_like(&batch.ids)),
+        };
+        let to = plan.stop_after.unwrap_or(self.cfg.n_layers - 1);
+        let mask = Self::attn_mask(&batch.mask, t);
+        let mut caps: Vec<Option<Tensor>> = (0..plan.captures.len()).map(|_| None).collect();
+        let h = self.run_blocks(
+            (b, t),
+            h0,
+            &batch.positions,
+            &mask,
+            from,
+            to,
+            Some((batch, plan)),
+            &mut caps,
+            None,
+        )?;
+        let logprobs = match &plan.logprobs {
+            None => None,
+            Some(LogProbs::Tokens { at, tokens }) => {
+                let sel = h
+                    .reshape([b * t, self.cfg.d_model as i64])
+                    .index_select(0, &flat_index(batch, at, self.device));
+                let lp = self.head_logprobs(&sel);
+                let tok: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
+                let tok = Tensor::from_slice(&tok)
+                    .to_device(self.device)
+                    .view([-1, 1]);
+                Some(lp.gather(1, &tok, false).view([-1]))
+            }
+            Some(LogProbs::Full { at }) => {
+                let sel = h
+                    .reshape([b * t, self.cfg.d_model as i64])
+                    .index_select(0, &flat_index(batch, at, self.device));
+                Some(self.head_logprobs(&sel))
+            }
+        };
+        Ok(Output {
+            captures: caps
+                .into_iter()
+                .map(|c| c.expect("every capture lies in the layers run (validated)"))
+                .collect(),
+            logprobs,
+        })
+    }
+
+    fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<Generation>> {
+        let _g = tch::no_grad_guard();
+        let batch = Batch::new(prompts, self.tok.pad_id, Padding::Left, self.device)?;
+        if let Some(&t) = prompts
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= self.cfg.vocab_size)
+        {
+            return Err(ModelError::Request(format!(
+                "token id {t} is outside the vocabulary"
+            )));
+        }
+        let (b, t) = (batch.rows() as i64, batch.width as i64);
+        let d = self.cfg.d_model as i64;
+        let mut out: Vec<Generation> = (0..prompts.len())
+            .map(|_| Generation {
+                tokens: vec![],
+                stopped: false,
+            })
+            .collect();
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let mut cache: Vec<(Tensor, Tensor)> = (0..self.cfg.n_layers)
+            .map(|_| (Tensor::new(), Tensor::new()))
+            .collect();
+        let mut key_valid = batch.mask.shallow_clone();
+        let mask = Self::attn_mask(&key_valid, t);
+        let mut caps = [];
+        let h = self.run_blocks(
+            (b, t),
+            self.embed.embedding_like(&batch.ids),
+            &batch.positions,
+            &mask,
+            0,
+            self.cfg.n_layers - 1,
+            None,
+            &mut caps,
+            Some(&mut cache),
+        )?;
+        let mut last = h.select(1, t - 1); // left padding: the last slot is every row's last token
+        let mut next_pos: Vec<i64> = batch.lengths.iter().map(|&l| l as i64).collect();
+        for step in 0..max_new {
+            let logits =
+                rms_norm(&last, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None);
+            let next: Vec<i64> = Vec::<i64>::try_from(logits.argmax(-1, false))?;
+            for (r, &tok) in next.iter().enumerate() {
+                let g = &mut out[r];
+                if g.stopped {
+                    continue;
+                }
+                if stop.contains(&(tok as u32)) {
+                    g.stopped = true;
+                } else {
+                    g.tokens.push(tok as u32);
+                }
+            }
+            if step + 1 == max_new || out.iter().all(|g| g.stopped) {
+                break;
+            }
+            let ids = Tensor::from_slice(&next)
+                .to_device(self.device)
+                .view([b, 1]);
+            let pos = Tensor::from_slice(&next_pos)
+                .to_device(self.device)
+                .view([b, 1]);
+            key_valid = Tensor::cat(
+                &[
+                    &key_valid,
+                    &Tensor::ones([b, 1], (Kind::Int64, self.device)),
+                ],
+                1,
+            );
+            let mask = Self::attn_mask(&key_valid, 1);
+            let h = self.run_blocks(
+                (b, 1),
+                self.embed.embedding_like(&ids),
+                &pos,
+                &mask,
+                0,
+                self.cfg.n_layers - 1,
+                None,
+                &mut caps,
+                Some(&mut cache),
+            )?;
+            last = h.view([b, d]);
+            for p in next_pos.iter_mut() {
+                *p += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    fn w_out(&self, layer: usize) -> Result<Tensor> {
+        self.check_layer(layer)?;
+        Ok(self.blocks[layer].w_down.copy())
+    }
+
+    fn apply_delta(&mut self, layer: usize, delta: &Tensor) -> Result<()> {
+        self.check_layer(layer)?;
+        let want = [self.cfg.d_model as i64, self.cfg.d_ff as i64];
+        if delta.size() != want {
+            return Err(ModelError::Request(format!(
+                "delta for layer {layer} has shape {:?}, expected {want:?} (d_model x d_ff, key->residual)",
+                delta.size()
+            )));
+        }
+        let finite = delta.isfinite().all().int64_value(&[]) == 1;
+        if !finite {
+            return Err(ModelError::Request(format!(
+                "delta for layer {layer} contains NaN or infinity"
+            )));
+        }
+        let _g = tch::no_grad_guard();
+        let d = delta.to_device(self.device).to_kind(Kind::Float);
+        let w = &mut self.blocks[layer].w_down;
+        let (orig, acc) = self
+            .originals
+            .entry(layer)
+            .or_insert_with(|| (w.copy(), w.zeros_like()));
+        // W = W0 + sum of deltas: the same bits whether deltas came one by one or from a patch.
+        *acc = &*acc + d;
+        *w = &*orig + &*acc;
+        Ok(())
+    }
+
+    fn restore(&mut self) {
+        for (layer, (w, _)) in self.originals.drain() {
+            self.blocks[layer].w_down = w;
+        }
+    }
+
+    fn accumulated_delta(&self, layer: usize) -> Result<Option<Tensor>> {
+        self.check_layer(layer)?;
+        Ok(self.originals.get(&layer).map(|(_, acc)| acc.copy()))
+    }
+
+    fn base_sha256(&self) -> Result<String> {
+        if let Some(s) = self.sha256.get() {
+            return Ok(s.clone());
+        }
+        let s = crate::patch::sha256_files(&self.source.identity_files()?)?;
+        Ok(self.sha256.get_or_init(|| s).clone())
+    }
+
+    fn edited_layers(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.originals.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
