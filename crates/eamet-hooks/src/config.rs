@@ -84,9 +84,11 @@ impl ModelConfig {
         let qkv_bias = match arch.as_str() {
             "llama" | "mistral" => false,
             "qwen2" => true,
-            other => return Err(ModelError::Config(format!(
+            other => {
+                return Err(ModelError::Config(format!(
                 "GGUF architecture {other:?} is not supported (supported: llama, mistral, qwen2)"
-            ))),
+            )))
+            }
         };
         let u = |k: &str| -> Result<usize> { Ok(f.arch_u64(k)? as usize) };
         let d_model = u("embedding_length")?;
