@@ -9,7 +9,7 @@ use crate::error::{io_err, ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{
     check_positions, flat_index, Batch, EditableLm, Generation, LogProbs, Output, Padding, Plan,
-    Site,
+    Site, Start,
 };
 use crate::quant::dequantize_tensor;
 use crate::tokenizer::Tokenizer;
@@ -585,6 +585,10 @@ impl LlamaModel {
         mut cache: Option<&mut Vec<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, t) = batch_dims;
+        // Hidden states hold slots offset..T when resuming after a causal prefix.
+        let offset = plan
+            .and_then(|(_, p)| p.start.as_ref())
+            .map_or(0, |s| s.from_slot);
         let (cos, sin) = self.rope(positions);
         let gather = |x: &Tensor, at: &Option<Vec<(usize, usize)>>, batch: &Batch| -> Tensor {
             match at {
@@ -592,7 +596,7 @@ impl LlamaModel {
                 Some(at) => {
                     let dim = x.size()[2];
                     x.reshape([b * t, dim])
-                        .index_select(0, &flat_index(batch, at, self.device))
+                        .index_select(0, &flat_index(batch, at, offset, self.device))
                 }
             }
         };
@@ -635,7 +639,7 @@ impl LlamaModel {
                     };
                     m = m
                         .reshape([b * t, d])
-                        .f_index_add(0, &flat_index(batch, &e.at, self.device), &delta)?
+                        .f_index_add(0, &flat_index(batch, &e.at, offset, self.device), &delta)?
                         .view([b, t, d]);
                 }
                 for (i, c) in plan.captures.iter().enumerate() {
@@ -679,12 +683,52 @@ impl LlamaModel {
         }
         if let Some(s) = &plan.start {
             self.check_layer(s.layer)?;
-            let want = [batch.rows() as i64, batch.width as i64, d];
+            if s.from_slot >= batch.width {
+                return Err(ModelError::Request(format!(
+                    "start from_slot {} is not inside the batch width {}",
+                    s.from_slot, batch.width
+                )));
+            }
+            let want = [batch.rows() as i64, (batch.width - s.from_slot) as i64, d];
             if s.hidden.size() != want {
                 return Err(ModelError::Request(format!(
                     "start hidden state has shape {:?}, expected {want:?}",
                     s.hidden.size()
                 )));
+            }
+            if s.from_slot > 0 {
+                let (nkv, hd) = (self.cfg.n_kv_heads as i64, self.cfg.head_dim as i64);
+                let kv = [batch.rows() as i64, nkv, s.from_slot as i64, hd];
+                let ok = s.past.len() == self.cfg.n_layers
+                    && s.past[s.layer..]
+                        .iter()
+                        .all(|(k, v)| k.size() == kv && v.size() == kv);
+                if !ok {
+                    return Err(ModelError::Request(format!(
+                        "start past keys/values must hold {} layers of {kv:?} (use prefix_state)",
+                        self.cfg.n_layers
+                    )));
+                }
+                // Nothing may be read or written before the recomputed slots.
+                let early =
+                    |at: &Vec<(usize, usize)>| at.iter().any(|&(_, slot)| slot < s.from_slot);
+                let bad = plan
+                    .captures
+                    .iter()
+                    .any(|c| c.at.as_ref().is_some_and(early))
+                    || plan.edits.iter().any(|e| early(&e.at))
+                    || match &plan.logprobs {
+                        Some(LogProbs::Tokens { at, .. }) | Some(LogProbs::Full { at }) => {
+                            early(at)
+                        }
+                        None => false,
+                    };
+                if bad {
+                    return Err(ModelError::Request(format!(
+                        "a capture, edit or log-prob lies before slot {} where the saved prefix ends",
+                        s.from_slot
+                    )));
+                }
             }
         }
         let first = plan.start.as_ref().map_or(0, |s| s.layer);
@@ -768,7 +812,7 @@ impl LlamaModel {
         let at: Vec<(usize, usize)> = batch.last_slots().into_iter().enumerate().collect();
         let sel = h
             .reshape([b * t, self.cfg.d_model as i64])
-            .index_select(0, &flat_index(batch, &at, self.device));
+            .index_select(0, &flat_index(batch, &at, 0, self.device));
         Ok(rms_norm(&sel, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None))
     }
 }
@@ -806,31 +850,42 @@ impl EditableLm for LlamaModel {
                 "token id {t} is outside the vocabulary"
             )));
         }
-        let (b, t) = (batch.rows() as i64, batch.width as i64);
+        let b = batch.rows() as i64;
+        let offset = plan.start.as_ref().map_or(0, |s| s.from_slot);
+        let t = (batch.width - offset) as i64;
         let (from, h0) = match &plan.start {
             Some(s) => (s.layer, s.hidden.shallow_clone()),
             None => (0, self.embed.embedding_like(&batch.ids)),
         };
         let to = plan.stop_after.unwrap_or(self.cfg.n_layers - 1);
         let mask = Self::attn_mask(&batch.mask, t);
+        let positions = batch.positions.narrow(1, offset as i64, t);
+        // A fresh list of (shared) past keys/values: the pass appends to its own copy.
+        let mut past: Option<Vec<(Tensor, Tensor)>> =
+            plan.start.as_ref().filter(|s| s.from_slot > 0).map(|s| {
+                s.past
+                    .iter()
+                    .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                    .collect()
+            });
         let mut caps: Vec<Option<Tensor>> = (0..plan.captures.len()).map(|_| None).collect();
         let h = self.run_blocks(
             (b, t),
             h0,
-            &batch.positions,
+            &positions,
             &mask,
             from,
             to,
             Some((batch, plan)),
             &mut caps,
-            None,
+            past.as_mut(),
         )?;
         let logprobs = match &plan.logprobs {
             None => None,
             Some(LogProbs::Tokens { at, tokens }) => {
                 let sel = h
                     .reshape([b * t, self.cfg.d_model as i64])
-                    .index_select(0, &flat_index(batch, at, self.device));
+                    .index_select(0, &flat_index(batch, at, offset, self.device));
                 let lp = self.head_logprobs(&sel);
                 let tok: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
                 let tok = Tensor::from_slice(&tok)
@@ -841,7 +896,7 @@ impl EditableLm for LlamaModel {
             Some(LogProbs::Full { at }) => {
                 let sel = h
                     .reshape([b * t, self.cfg.d_model as i64])
-                    .index_select(0, &flat_index(batch, at, self.device));
+                    .index_select(0, &flat_index(batch, at, offset, self.device));
                 Some(self.head_logprobs(&sel))
             }
         };
@@ -851,6 +906,64 @@ impl EditableLm for LlamaModel {
                 .map(|c| c.expect("every capture lies in the layers run (validated)"))
                 .collect(),
             logprobs,
+        })
+    }
+
+    fn prefix_state(&self, batch: &Batch, layer: usize, from_slot: usize) -> Result<Start> {
+        self.check_layer(layer)?;
+        if from_slot >= batch.width {
+            return Err(ModelError::Request(format!(
+                "from_slot {from_slot} is not inside the batch width {}",
+                batch.width
+            )));
+        }
+        let _g = tch::no_grad_guard();
+        let (b, t) = (batch.rows() as i64, batch.width as i64);
+        let mask = Self::attn_mask(&batch.mask, t);
+        let mut caps = [];
+        let h0 = self.embed.embedding_like(&batch.ids);
+        let h = if layer == 0 {
+            h0
+        } else {
+            self.run_blocks(
+                (b, t),
+                h0,
+                &batch.positions,
+                &mask,
+                0,
+                layer - 1,
+                None,
+                &mut caps,
+                None,
+            )?
+        };
+        let mut past: Vec<(Tensor, Tensor)> = (0..self.cfg.n_layers)
+            .map(|_| (Tensor::new(), Tensor::new()))
+            .collect();
+        if from_slot > 0 {
+            // Slots before from_slot never attend to later ones: run them alone through the
+            // upper blocks, recording their keys and values.
+            let s0 = from_slot as i64;
+            let pmask = Self::attn_mask(&batch.mask.narrow(1, 0, s0), s0);
+            self.run_blocks(
+                (b, s0),
+                h.narrow(1, 0, s0),
+                &batch.positions.narrow(1, 0, s0),
+                &pmask,
+                layer,
+                self.cfg.n_layers - 1,
+                None,
+                &mut caps,
+                Some(&mut past),
+            )?;
+        }
+        Ok(Start {
+            layer,
+            hidden: h
+                .narrow(1, from_slot as i64, t - from_slot as i64)
+                .contiguous(),
+            from_slot,
+            past,
         })
     }
 

@@ -158,14 +158,53 @@ pub struct Edit {
     pub delta: Tensor,
 }
 
-/// Begin the forward pass at a block from given hidden states instead of the embeddings.
+/// Begin the forward pass at a block from saved state instead of the embeddings.
+///
+/// Two savings an optimizer loop wants, both exact:
+/// - **lower layers**: blocks before `layer` are not run again (`hidden` is the residual stream
+///   entering `layer`);
+/// - **causal prefix**: when nothing changes before slot `from_slot` (an edit at the subject's
+///   last token leaves every earlier position untouched in every layer), only slots
+///   `from_slot..T` are recomputed, attending to the saved keys/values `past` of the earlier
+///   slots. [`EditableLm::prefix_state`] builds such a value.
 #[derive(Debug)]
 pub struct Start {
     /// First block to run.
     pub layer: usize,
-    /// The residual stream entering that block, `[B, T, d_model]` (e.g. a [`Site::BlockIn`]
-    /// capture from an earlier pass).
+    /// The residual stream entering that block at slots `from_slot..T`: `[B, T - from_slot, d]`.
     pub hidden: Tensor,
+    /// First recomputed slot (0: all).
+    pub from_slot: usize,
+    /// Per layer (all layers; entries below `layer` are unused): attention keys and values of
+    /// slots `0..from_slot` after rotary embedding, `[B, kv_heads, from_slot, head_dim]`.
+    /// Empty when `from_slot` is 0.
+    pub past: Vec<(Tensor, Tensor)>,
+}
+
+impl Start {
+    /// Start at `layer` from the full residual stream entering it (`[B, T, d]`).
+    pub fn at_layer(layer: usize, hidden: Tensor) -> Self {
+        Start {
+            layer,
+            hidden,
+            from_slot: 0,
+            past: Vec::new(),
+        }
+    }
+
+    /// A copy sharing storage (cheap), for reuse across optimizer steps.
+    pub fn shallow_clone(&self) -> Self {
+        Start {
+            layer: self.layer,
+            hidden: self.hidden.shallow_clone(),
+            from_slot: self.from_slot,
+            past: self
+                .past
+                .iter()
+                .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                .collect(),
+        }
+    }
 }
 
 /// What to return from the LM head.
@@ -228,6 +267,9 @@ pub trait EditableLm {
     fn device(&self) -> Device;
     /// One forward pass with interventions.
     fn forward(&self, batch: &Batch, plan: &Plan) -> Result<Output>;
+    /// Saved state to resume `batch` at block `layer`, recomputing only slots `from_slot..T`
+    /// (no gradients are recorded). See [`Start`].
+    fn prefix_state(&self, batch: &Batch, layer: usize, from_slot: usize) -> Result<Start>;
     /// Greedy decoding with a KV cache, batched; stops a row at any of `stop` tokens.
     fn generate(
         &self,
@@ -264,11 +306,13 @@ pub(crate) fn check_positions(batch: &Batch, at: &Positions, what: &str) -> Resu
     Ok(())
 }
 
-/// Flat indices `row * T + slot` as an i64 tensor.
-pub(crate) fn flat_index(batch: &Batch, at: &Positions, device: Device) -> Tensor {
+/// Flat indices `row * (T - offset) + slot - offset` as an i64 tensor, for hidden states that
+/// hold slots `offset..T` (callers check `slot >= offset`).
+pub(crate) fn flat_index(batch: &Batch, at: &Positions, offset: usize, device: Device) -> Tensor {
+    let w = batch.width - offset;
     let idx: Vec<i64> = at
         .iter()
-        .map(|&(r, s)| (r * batch.width + s) as i64)
+        .map(|&(r, s)| (r * w + s - offset) as i64)
         .collect();
     Tensor::from_slice(&idx)
         .to_device(device)

@@ -169,10 +169,7 @@ fn starting_from_cached_hidden_states_equals_the_full_pass() {
             .forward(
                 &b,
                 &Plan {
-                    start: Some(Start {
-                        layer: 1,
-                        hidden: full.captures[0].shallow_clone(),
-                    }),
+                    start: Some(Start::at_layer(1, full.captures[0].shallow_clone())),
                     logprobs: Some(LogProbs::Full { at: at.clone() }),
                     ..Default::default()
                 },
@@ -342,10 +339,10 @@ fn bad_requests_are_typed_errors() {
     });
     assert!(e.to_string().contains("outside the vocabulary"), "{e}");
     let e = err(Plan {
-        start: Some(Start {
-            layer: 1,
-            hidden: Tensor::zeros([1, 2, d], (Kind::Float, Device::Cpu)),
-        }),
+        start: Some(Start::at_layer(
+            1,
+            Tensor::zeros([1, 2, d], (Kind::Float, Device::Cpu)),
+        )),
         ..Default::default()
     });
     assert!(e.to_string().contains("start hidden state"), "{e}");
@@ -462,4 +459,77 @@ fn patch_refuses_another_base_model_and_garbage() {
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
     assert!(matches!(Patch::load(&junk), Err(ModelError::Patch { .. })));
+}
+
+#[test]
+fn resuming_after_a_causal_prefix_equals_the_full_pass_with_gradients() {
+    // Left padding puts every row's suffix at the same slots; an edit at slot s0 leaves slots
+    // before it untouched, so a pass that recomputes only s0..T must agree with the full one,
+    // log-probs and gradients alike.
+    let m = tiny();
+    for layer in [0usize, 1, 2] {
+        let b = batch(&m, &TEXTS, Padding::Left);
+        let s0 = b.width - 3;
+        let last = b.width - 1;
+        let d = m.config().d_model as i64;
+        let at: Vec<(usize, usize)> = (0..3).map(|r| (r, last)).collect();
+        let subj: Vec<(usize, usize)> = (0..3).map(|r| (r, s0)).collect();
+        let v0 = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 0.3;
+        let run = |start: Option<Start>| {
+            let v = v0.copy().set_requires_grad(true);
+            let lp = m
+                .forward(
+                    &b,
+                    &Plan {
+                        start,
+                        edits: vec![Edit {
+                            layer,
+                            at: subj.clone(),
+                            delta: v.shallow_clone(),
+                        }],
+                        captures: vec![Capture {
+                            layer,
+                            site: Site::MlpKey,
+                            at: Some(subj.clone()),
+                        }],
+                        logprobs: Some(LogProbs::Full { at: at.clone() }),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let out = lp.logprobs.unwrap();
+            out.sum(Kind::Float).backward();
+            (out.detach(), v.grad(), lp.captures[0].detach())
+        };
+        let (full, g_full, k_full) = run(None);
+        let state = m.prefix_state(&b, layer, s0).unwrap();
+        assert_eq!(state.hidden.size(), [3, (b.width - s0) as i64, d]);
+        let (part, g_part, k_part) = run(Some(state));
+        assert!(
+            max_diff(&full, &part) < 1e-5,
+            "layer {layer}: {}",
+            max_diff(&full, &part)
+        );
+        assert!(
+            max_diff(&g_full, &g_part) < 1e-4,
+            "layer {layer}: grad {}",
+            max_diff(&g_full, &g_part)
+        );
+        assert!(max_diff(&k_full, &k_part) < 1e-5);
+    }
+    // Positions before the saved prefix are refused.
+    let b = batch(&m, &TEXTS, Padding::Left);
+    let state = m.prefix_state(&b, 1, b.width - 3).unwrap();
+    let e = m
+        .forward(
+            &b,
+            &Plan {
+                start: Some(state.shallow_clone()),
+                logprobs: Some(LogProbs::Full { at: vec![(0, 0)] }),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("before slot"), "{e}");
+    assert!(m.prefix_state(&b, 1, b.width).is_err());
 }
