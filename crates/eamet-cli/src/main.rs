@@ -118,7 +118,19 @@ fn info(model: Option<PathBuf>, prompts: Vec<String>) -> anyhow::Result<()> {
             "not available"
         }
     );
-    Ok(())
+    let t = std::time::Instant::now();
+    let model = load(&path)?;
+    println!(
+        "loaded         in {:.2} s (dequantized to f32)",
+        t.elapsed().as_secs_f64()
+    );
+    let prompts = if prompts.is_empty() {
+        DEMO_PROMPTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        prompts
+    };
+    println!("greedy completions (unedited model):");
+    complete(&model, &prompts, 8)
 }
 
 fn main() -> ExitCode {

@@ -13,9 +13,7 @@
 //! Environment: EAMET_BENCH_PYTHON (default ~/.cache/eamet/pyenv/bin/python), BENCH_REPS (5).
 
 use eamet_hooks::tch::{Device, Kind, Tensor};
-use eamet_hooks::{
-    Batch, Capture, Edit, EditableLm, LlamaModel, LogProbs, Padding, Plan, Site, Start,
-};
+use eamet_hooks::{Batch, Edit, EditableLm, LlamaModel, LogProbs, Padding, Plan};
 use std::time::Instant;
 
 const LAYER: usize = 4;
@@ -100,7 +98,7 @@ fn main() {
         .set_requires_grad(true);
     let step_with = |start: &Option<eamet_hooks::Start>| {
         let mut delta = delta.shallow_clone();
-        let _ = delta.zero_grad();
+        delta.zero_grad();
         let lp = m
             .forward(
                 &batch,

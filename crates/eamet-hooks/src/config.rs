@@ -197,11 +197,9 @@ impl ModelConfig {
             n_layers: hf.num_hidden_layers,
             n_heads,
             n_kv_heads: hf.num_key_value_heads.unwrap_or(n_heads),
-            head_dim: hf.head_dim.unwrap_or(if n_heads > 0 {
-                hf.hidden_size / n_heads
-            } else {
-                0
-            }),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size.checked_div(n_heads).unwrap_or(0)),
             rms_eps: hf.rms_norm_eps,
             rope_theta: rope_theta.unwrap_or(10_000.0),
             max_positions: hf.max_position_embeddings.unwrap_or(0),

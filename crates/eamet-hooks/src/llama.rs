@@ -945,7 +945,8 @@ impl EditableLm for LlamaModel {
             // upper blocks, recording their keys and values.
             let s0 = from_slot as i64;
             let pmask = Self::attn_mask(&batch.mask.narrow(1, 0, s0), s0);
-            self.run_blocks(
+            // Only the recorded keys/values are needed, not the prefix's hidden states.
+            let _ = self.run_blocks(
                 (b, s0),
                 h.narrow(1, 0, s0),
                 &batch.positions.narrow(1, 0, s0),

@@ -119,6 +119,9 @@ fn string_array(f: &GgufFile, key: &str) -> Result<Vec<String>> {
     }
 }
 
+/// Token ids and, for each, the byte range of the text it covers.
+pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer plus the special-token facts a causal LM needs.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -303,7 +306,7 @@ impl Tokenizer {
     }
 
     /// Token ids and the byte range of `text` each token covers (BOS, if added, gets `(0, 0)`).
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Encoded> {
         let enc = self
             .inner
             .encode(text, false)
