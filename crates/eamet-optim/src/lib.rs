@@ -1,10 +1,68 @@
 //! # eamet-optim
 //!
-//! Per-fact residual optimization for locate-then-edit knowledge editing. Its one job: find,
-//! for each fact, the vector `δ_i` added to the hidden state at the subject's last token that
-//! makes the model say the new object — independently per fact (MEMIT) or one fact after
-//! another with EAMET's alignment terms against the residuals saved so far — with loss terms
-//! behind one small trait and runs that resume after a kill.
+//! Per-fact residual optimization for locate-then-edit knowledge editing (ALGORITHM.md §1–§3).
+//! Its one job: find, for each fact, the vector `δ_i` added to the hidden state at the
+//! subject's last token at block `l_R` that makes the model say the new object —
+//! independently per fact (MEMIT, [`Schedule::Independent`]) or one fact after another with
+//! EAMET's alignment terms against the residuals saved so far ([`Schedule::Sequential`]) —
+//! with loss terms behind one small trait ([`LossTerm`]) and runs that resume after a kill.
 //!
-//! This crate is a skeleton until its issue lands; it compiles and is documented.
+//! Pipeline:
+//! 1. [`ContextPrefixes::load_or_generate`]: the context templates, sampled once per model
+//!    with the unedited model and stored in the run directory.
+//! 2. [`prepare_facts`]: validation ([`Fact`]) and tokenization ([`PreparedFact`]).
+//! 3. [`compute_keys`] at `l_R` on the unedited model.
+//! 4. [`optimize_residuals`] → [`Residuals`] (`δ_i`, `h_i`, per-fact [`FactStats`]).
+//!
+//! The hyperparameters use the reference code's names ([`ResidualHparams`], presets
+//! [`ResidualHparams::eamet`] and [`ResidualHparams::memit`]) and are checked once into
+//! [`CheckedResidualHparams`]. [`AlignmentSchedule::NllGated`] is this crate's answer to the
+//! alignment terms defeating the edit on small models (ALGORITHM.md §3, last paragraph);
+//! [`AlignmentSchedule::Constant`] is the faithful objective.
 #![deny(missing_docs)]
+
+mod error;
+mod fact;
+mod hparams;
+mod keys;
+mod loss;
+mod optimize;
+mod prefixes;
+mod rundir;
+
+pub use error::{FactProblem, OptimError, Result};
+pub use fact::{prepare_facts, validate_facts, Fact, PreparedFact};
+pub use hparams::{
+    AlignmentSchedule, CheckedResidualHparams, DeltaInit, EssenceReference, ResidualHparams,
+    WeightDecayMethod,
+};
+pub use keys::{compute_keys, KEY_BATCH_ROWS};
+pub use loss::{
+    AlignmentKl, AlignmentTargets, EssenceKl, LossTerm, NeighbourMse, NormPenalty, Objective,
+    PrefixNll, StepContext, TermGroup,
+};
+pub use optimize::{optimize_residuals, FactStats, Residuals, RunOptions, Schedule};
+pub use prefixes::{ContextPrefixes, PrefixLength, PrefixSpec};
+
+use eamet_hooks::tch::{Device, Kind, Tensor};
+use ndarray::Array2;
+
+/// A 2-D tensor as an `f32` array (copied to the CPU).
+pub(crate) fn tensor_to_array2(t: &Tensor) -> Result<Array2<f32>> {
+    let size = t.size();
+    if size.len() != 2 {
+        return Err(OptimError::Input(format!(
+            "expected a 2-D tensor, got shape {size:?}"
+        )));
+    }
+    let v = Vec::<f32>::try_from(
+        t.detach()
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view([-1]),
+    )
+    .map_err(|e| OptimError::Input(format!("tensor to vector: {e}")))?;
+    Array2::from_shape_vec((size[0] as usize, size[1] as usize), v)
+        .map_err(|e| OptimError::Input(e.to_string()))
+}
