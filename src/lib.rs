@@ -33,6 +33,12 @@ pub use eamet_solve as solve;
 
 use std::path::Path;
 
+pub mod editor;
+pub mod stats;
+
+pub use eamet_optim::Fact;
+pub use editor::{EditHparams, EditOptions, EditOutcome, Editor, LayerWeights, Method};
+
 /// Errors of the facade.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -42,6 +48,18 @@ pub enum Error {
     /// libtorch failed its self-check.
     #[error(transparent)]
     Runtime(#[from] hooks::runtime::RuntimeError),
+    /// Loading or running the model failed.
+    #[error(transparent)]
+    Model(#[from] hooks::ModelError),
+    /// A statistics or solver step failed.
+    #[error(transparent)]
+    Solve(#[from] solve::SolveError),
+    /// libtorch raised an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] hooks::tch::TchError),
+    /// Bad user input (corpus, facts, hyperparameters), with what and where.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// What [`inspect_model`] found.

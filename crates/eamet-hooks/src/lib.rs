@@ -33,5 +33,7 @@ pub mod tokenizer;
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use llama::LlamaModel;
-pub use model::{Batch, Capture, Edit, EditableLm, LogProbs, Output, Padding, Plan, Site, Start};
+pub use model::{
+    Batch, Capture, Edit, EditableLm, LogProbs, Output, Padding, Plan, Site, Start, TokenPicker,
+};
 pub use tch;

@@ -9,7 +9,7 @@ use crate::error::{io_err, ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{
     check_positions, flat_index, Batch, EditableLm, Generation, LogProbs, Output, Padding, Plan,
-    Site, Start,
+    Site, Start, TokenPicker,
 };
 use crate::quant::dequantize_tensor;
 use crate::tokenizer::Tokenizer;
@@ -968,11 +968,12 @@ impl EditableLm for LlamaModel {
         })
     }
 
-    fn generate(
+    fn generate_with(
         &self,
         prompts: &[Vec<u32>],
         max_new: usize,
         stop: &[u32],
+        mut pick: Option<&mut TokenPicker<'_>>,
     ) -> Result<Vec<Generation>> {
         let _g = tch::no_grad_guard();
         let batch = Batch::new(prompts, self.tok.pad_id, Padding::Left, self.device)?;
@@ -1018,7 +1019,26 @@ impl EditableLm for LlamaModel {
         for step in 0..max_new {
             let logits =
                 rms_norm(&last, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None);
-            let next: Vec<i64> = Vec::<i64>::try_from(logits.argmax(-1, false))?;
+            let next: Vec<i64> = match pick.as_deref_mut() {
+                None => Vec::<i64>::try_from(logits.argmax(-1, false))?,
+                Some(pick) => {
+                    let v = self.cfg.vocab_size;
+                    let flat = Vec::<f32>::try_from(logits.to_device(Device::Cpu).reshape([-1]))?;
+                    flat.chunks(v)
+                        .enumerate()
+                        .map(|(r, row)| {
+                            let t = pick(r, row) as i64;
+                            if t as usize >= v {
+                                Err(ModelError::Request(format!(
+                                    "picker chose token {t}, outside the vocabulary"
+                                )))
+                            } else {
+                                Ok(t)
+                            }
+                        })
+                        .collect::<Result<_>>()?
+                }
+            };
             for (r, &tok) in next.iter().enumerate() {
                 let g = &mut out[r];
                 if g.stopped {

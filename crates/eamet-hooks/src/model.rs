@@ -257,6 +257,9 @@ pub struct Generation {
     pub stopped: bool,
 }
 
+/// Chooses a row's next token from its logits: `pick(row, logits) -> token id`.
+pub type TokenPicker<'a> = dyn FnMut(usize, &[f32]) -> u32 + 'a;
+
 /// What knowledge editing needs from a causal LM.
 pub trait EditableLm {
     /// Hyperparameters.
@@ -276,6 +279,18 @@ pub trait EditableLm {
         prompts: &[Vec<u32>],
         max_new: usize,
         stop: &[u32],
+    ) -> Result<Vec<Generation>> {
+        self.generate_with(prompts, max_new, stop, None)
+    }
+    /// Decoding with a KV cache, batched, where `pick` (if given) chooses each row's next
+    /// token from its logits (`pick(row, logits)`; rows are visited in order, so a seeded
+    /// sampler is deterministic); `None` is greedy.
+    fn generate_with(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        stop: &[u32],
+        pick: Option<&mut TokenPicker<'_>>,
     ) -> Result<Vec<Generation>>;
     /// `W_out` of a block in key→residual orientation: `[d_model, d_ff]`, so that
     /// `mlp_out = W_out · key`. A copy.

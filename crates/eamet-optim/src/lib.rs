@@ -42,7 +42,7 @@ pub use loss::{
     PrefixNll, StepContext, TermGroup,
 };
 pub use optimize::{optimize_residuals, FactStats, Residuals, RunOptions, Schedule};
-pub use prefixes::{ContextPrefixes, PrefixLength, PrefixSpec};
+pub use prefixes::{ContextPrefixes, PrefixLength, PrefixSpec, Sampler};
 
 use eamet_hooks::tch::{Device, Kind, Tensor};
 use ndarray::Array2;

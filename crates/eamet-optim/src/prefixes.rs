@@ -287,6 +287,36 @@ fn template_of(prefix: &str) -> String {
     format!("{}. {{}}", prefix.replace(['{', '}'], " "))
 }
 
+/// A seeded token sampler with a [`PrefixSpec`]'s temperature, top-k and top-p, for
+/// [`eamet_hooks::EditableLm::generate_with`] (e.g. to let the model write a generic-text corpus).
+///
+/// ```
+/// use eamet_optim::{PrefixSpec, Sampler};
+/// let mut s = Sampler::new(PrefixSpec { top_k: 1, ..PrefixSpec::eamet() });
+/// assert_eq!(s.pick(&[0.1, 3.0, -1.0]), 1); // top-1 is greedy
+/// ```
+pub struct Sampler {
+    spec: PrefixSpec,
+    rng: ChaCha20Rng,
+}
+
+impl Sampler {
+    /// A sampler seeded with `spec.seed`.
+    pub fn new(spec: PrefixSpec) -> Self {
+        let rng = ChaCha20Rng::seed_from_u64(spec.seed);
+        Sampler { spec, rng }
+    }
+
+    /// Draw a token from raw logits.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+        let lz = max + z.ln();
+        let lp: Vec<f64> = logits.iter().map(|&x| x as f64 - lz).collect();
+        sample(&lp, &self.spec, &mut self.rng)
+    }
+}
+
 /// Uniform in [0, 1) from 53 random bits.
 fn uniform(rng: &mut ChaCha20Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
