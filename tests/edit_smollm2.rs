@@ -45,6 +45,7 @@ fn edit(method: Method) {
         .unwrap()
         .edit(&facts)
         .unwrap();
+    eprintln!("{method:?} timings: {:?}", out.timings);
     assert_eq!(
         out.deltas.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
         vec![3, 4]
