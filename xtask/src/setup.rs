@@ -542,7 +542,7 @@ impl Layout {
             "--",
         ]);
         if args.is_empty() {
-            cmd.arg("info").arg("--model").arg(&model);
+            cmd.arg("edit").arg("--model").arg(&model);
         } else {
             cmd.args(args);
         }

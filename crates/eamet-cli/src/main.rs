@@ -20,6 +20,42 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Edit facts into a model (EAMET by default) and show greedy completions before and after.
+    ///
+    /// Defaults: the SmolLM2 model fetched by `cargo xtask setup` and the bundled demo facts
+    /// (ten counterfactual edits of facts SmolLM2 knows).
+    ///
+    /// Examples:
+    ///   eamet edit
+    ///   eamet edit --facts my_facts.jsonl --method memit --patch edit.safetensors
+    ///   eamet edit --corpus wiki.train.tokens --run-dir runs/demo
+    Edit {
+        /// GGUF file or Hugging Face checkpoint directory (default: the set-up's SmolLM2).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Facts: JSONL, one {"subject", "prompt" (with {}), "target_new", "target_true"?,
+        /// "case_id"?} per line (default: the bundled demo facts).
+        #[arg(long)]
+        facts: Option<PathBuf>,
+        /// eamet | memit | alphaedit | alphaedit-aligned.
+        #[arg(long, default_value = "eamet")]
+        method: String,
+        /// Hyperparameters JSON (reference field names accepted); default: SmolLM2 values.
+        #[arg(long)]
+        hparams: Option<PathBuf>,
+        /// Edited layers, e.g. 3,4 (overrides the hyperparameters).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<usize>>,
+        /// Generic text for the key statistics (.txt or .jsonl); default: text the model writes.
+        #[arg(long)]
+        corpus: Vec<PathBuf>,
+        /// Save the W_out updates as a patch file.
+        #[arg(long)]
+        patch: Option<PathBuf>,
+        /// Run directory: prefixes and finished residuals are saved there; rerunning resumes.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
     /// Open a model, print its hyperparameters, and check that libtorch computes.
     ///
     /// Example: eamet info --model ~/.cache/eamet/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -45,6 +81,148 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         max_new: usize,
     },
+}
+
+/// The bundled demo facts (facts/demo.jsonl).
+const DEMO_FACTS: &str = include_str!("../../../facts/demo.jsonl");
+
+fn read_facts(path: Option<&std::path::Path>) -> anyhow::Result<Vec<eamet::Fact>> {
+    let (text, name) = match path {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (DEMO_FACTS.to_string(), "bundled demo facts".to_string()),
+    };
+    let mut facts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: eamet::Fact = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{name} line {}: {e}", i + 1))?;
+        facts.push(f);
+    }
+    if facts.is_empty() {
+        anyhow::bail!("{name} holds no facts");
+    }
+    Ok(facts)
+}
+
+fn first_words(
+    model: &eamet::hooks::LlamaModel,
+    facts: &[eamet::Fact],
+) -> anyhow::Result<Vec<String>> {
+    use eamet::hooks::EditableLm;
+    let tok = model.tokenizer();
+    let ids = facts
+        .iter()
+        .map(|f| tok.encode(&f.prompt.replace("{}", &f.subject)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stop: Vec<u32> = tok.eos_id.into_iter().collect();
+    model
+        .generate(&ids, 5, &stop)?
+        .iter()
+        .map(|g| {
+            Ok(tok
+                .decode(&g.tokens)?
+                .replace('\n', " ")
+                .trim_end()
+                .to_string())
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn edit(
+    model: Option<PathBuf>,
+    facts: Option<PathBuf>,
+    method: String,
+    hparams: Option<PathBuf>,
+    layers: Option<Vec<usize>>,
+    corpus: Vec<PathBuf>,
+    patch: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let method = eamet::Method::parse(&method)?;
+    let facts = read_facts(facts.as_deref())?;
+    let path = resolve_model(model)?;
+    let mut model = load(&path)?;
+    let mut hp = match &hparams {
+        Some(p) => eamet::EditHparams::from_json(
+            &std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        )?,
+        None => eamet::EditHparams::smollm2(method),
+    };
+    if let Some(l) = layers {
+        hp.layers = l;
+    }
+    let corpus = if corpus.is_empty() {
+        None
+    } else {
+        Some(eamet::stats::Corpus::from_files(&corpus)?)
+    };
+    println!("model   {}", path.display());
+    println!(
+        "method  {method:?}, layers {:?}, {} facts",
+        hp.layers,
+        facts.len()
+    );
+    let before = first_words(&model, &facts)?;
+    let opts = eamet::EditOptions {
+        run_dir,
+        corpus,
+        progress: true,
+        ..Default::default()
+    };
+    let out = eamet::Editor::new(&mut model, method, hp, opts)?.edit(&facts)?;
+    let after = first_words(&model, &facts)?;
+    println!();
+    println!("| prompt | new object | before | after | edited |");
+    println!("|---|---|---|---|---|");
+    let mut ok = 0;
+    for ((f, b), a) in facts.iter().zip(&before).zip(&after) {
+        let hit = a.starts_with(&format!(" {}", f.target_new));
+        ok += hit as usize;
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            f.prompt.replace("{}", &f.subject),
+            f.target_new,
+            b.trim(),
+            a.trim(),
+            if hit { "yes" } else { "no" }
+        );
+    }
+    println!();
+    println!(
+        "edited: {ok}/{} facts now greedy-complete with the new object",
+        facts.len()
+    );
+    let nll: Vec<String> = out
+        .residuals
+        .stats
+        .iter()
+        .map(|s| format!("{:.3}", s.final_nll))
+        .collect();
+    println!("final residual NLL per fact: {}", nll.join(" "));
+    println!(
+        "misalignment of the residuals: total {:.3} (A(i) = KL(P_r || P_k) over j < i, tau 0.07)",
+        out.misalignment_total
+    );
+    let times: Vec<String> = out
+        .timings
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.1}s"))
+        .collect();
+    println!("timings: {}", times.join(", "));
+    if let Some(p) = patch {
+        let patch =
+            eamet::hooks::patch::Patch::from_model(&model, &format!("{method:?}").to_lowercase())?;
+        let inputs = model.source().identity_files()?;
+        patch.save(&p, &inputs, false)?;
+        println!("patch written to {}", p.display());
+    }
+    Ok(())
 }
 
 const DEMO_PROMPTS: [&str; 3] = [
@@ -137,6 +315,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info { model, prompts } => info(model, prompts),
+        Command::Edit {
+            model,
+            facts,
+            method,
+            hparams,
+            layers,
+            corpus,
+            patch,
+            run_dir,
+        } => edit(
+            model, facts, method, hparams, layers, corpus, patch, run_dir,
+        ),
         Command::Generate {
             model,
             prompts,
