@@ -13,7 +13,7 @@ fn corpus_keys(m: &LlamaModel, c: &Corpus, layer: usize) -> Array2<f64> {
     let mut rows = Vec::new();
     for doc in &c.docs {
         let ids = m.tokenizer().encode(doc).unwrap();
-        let b = Batch::new(&[ids.clone()], 0, Padding::Right, Device::Cpu).unwrap();
+        let b = Batch::new(std::slice::from_ref(&ids), 0, Padding::Right, Device::Cpu).unwrap();
         let plan = Plan {
             captures: vec![Capture {
                 layer,
