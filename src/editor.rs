@@ -389,7 +389,6 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
         let z = residuals.targets();
         let mut deltas = Vec::new();
         let mut solves = Vec::new();
-        let mut all_keys = Vec::new();
         for (idx, &layer) in hp.layers.iter().enumerate() {
             let k =
                 compute_keys(&*model, &prepared, layer).map_err(|e| Error::Input(e.to_string()))?;
@@ -418,7 +417,6 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
             let delta = update.delta.mapv(|x| x as f32);
             model.apply_delta(layer, &to_tensor(&delta))?;
             deltas.push((layer, delta));
-            all_keys.push(k64);
         }
         if matches!(self.method, Method::AlphaEdit | Method::AlphaEditAligned) {
             // Sequential editing: the keys of this batch on the edited model join K_p.
@@ -429,7 +427,6 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
             }
         }
         lap("solve", &mut t);
-        let _ = all_keys;
 
         let cfg = ScoreConfig {
             neighbourhood: Neighbourhood::Prior,
