@@ -14,6 +14,13 @@ fn main() {
     if os == "windows" {
         return;
     }
+    // A package whose libtorch use is optional (eamet-eval's `metrics` feature) links nothing
+    // when the feature is off.
+    if env::var("CARGO_PKG_NAME").as_deref() == Ok("eamet-eval")
+        && env::var_os("CARGO_FEATURE_METRICS").is_none()
+    {
+        return;
+    }
     let Some(root) = env::var_os("LIBTORCH_LIB").or_else(|| env::var_os("LIBTORCH")) else {
         return;
     };

@@ -203,6 +203,15 @@ pub struct EditOutcome {
     pub misalignment: Vec<f64>,
     /// Σ A(i).
     pub misalignment_total: f64,
+    /// The residuals the solve actually wrote: block-`l_R` output at each bare prompt's
+    /// subject-last token after the edit minus before it (`N × d_model`). The normal equation
+    /// trades the residuals against preserving the corpus keys, so these differ from the
+    /// optimized `δ_i`.
+    pub written: Array2<f32>,
+    /// Misalignment `A(i) = KL(P_r‖P_k)` over `j < i` of the written residuals, per fact.
+    pub written_misalignment: Vec<f64>,
+    /// Σ A(i) of the written residuals.
+    pub written_misalignment_total: f64,
     /// Per layer: solver name, condition estimate and relative residual of the solve.
     pub solves: Vec<String>,
     /// Seconds per phase.
@@ -273,6 +282,21 @@ fn bare_outputs<M: EditableLm + ?Sized>(
     }
     let views: Vec<_> = rows.iter().map(|a| a.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))
+}
+
+/// `A(i) = KL(P_r‖P_k)` over `j < i` (the paper's direction, the optimized neighbourhood), the
+/// form every [`EditOutcome`] reports.
+pub fn report_misalignment(
+    keys: &Array2<f32>,
+    residuals: &Array2<f32>,
+) -> Result<eamet_align::Misalignment, Error> {
+    let cfg = ScoreConfig {
+        neighbourhood: Neighbourhood::Prior,
+        divergence: KlDirection::ResidualKey,
+        zero_vectors: ZeroVectors::CosineZero,
+        ..ScoreConfig::default()
+    };
+    misalignment(keys.view(), residuals.view(), &cfg).map_err(|e| Error::Input(e.to_string()))
 }
 
 impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
@@ -428,19 +452,18 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
         }
         lap("solve", &mut t);
 
-        let cfg = ScoreConfig {
-            neighbourhood: Neighbourhood::Prior,
-            divergence: KlDirection::ResidualKey,
-            zero_vectors: ZeroVectors::CosineZero,
-            ..ScoreConfig::default()
-        };
-        let score = misalignment(keys.view(), residuals.deltas.view(), &cfg)
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let written = bare_outputs(&*model, &prepared, l_r)? - &residuals.h;
+        let score = report_misalignment(&keys, &residuals.deltas)?;
+        let written_score = report_misalignment(&keys, &written)?;
+        lap("misalignment", &mut t);
         Ok(EditOutcome {
             method: self.method,
             deltas,
             misalignment: score.per_fact().to_vec(),
             misalignment_total: score.total(),
+            written,
+            written_misalignment: written_score.per_fact().to_vec(),
+            written_misalignment_total: written_score.total(),
             residuals,
             keys,
             solves,

@@ -34,6 +34,7 @@ pub use eamet_solve as solve;
 use std::path::Path;
 
 pub mod editor;
+pub mod evaluation;
 pub mod stats;
 
 pub use eamet_optim::Fact;

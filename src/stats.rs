@@ -238,17 +238,29 @@ pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
 
 /// Cache file of one layer's statistics.
 pub fn stats_path(cache_dir: &Path, model_sha: &str, corpus: &Corpus, layer: usize) -> PathBuf {
+    stats_path_for(cache_dir, model_sha, &corpus.hash, corpus.docs.len(), layer)
+}
+
+/// Cache file of one layer's statistics, from the parts of the key (model SHA-256, corpus hash,
+/// number of documents, layer): where `eamet stats merge --into-cache` puts merged shards.
+pub fn stats_path_for(
+    cache_dir: &Path,
+    model_sha: &str,
+    corpus_hash: &str,
+    docs: usize,
+    layer: usize,
+) -> PathBuf {
     cache_dir
         .join("stats")
         .join(&model_sha[..model_sha.len().min(16)])
         .join(format!(
-            "{}-n{}-layer{layer}.safetensors",
-            &corpus.hash[..corpus.hash.len().min(16)],
-            corpus.docs.len()
+            "{}-n{docs}-layer{layer}.safetensors",
+            &corpus_hash[..corpus_hash.len().min(16)],
         ))
 }
 
-fn provenance<M: EditableLm + ?Sized>(
+/// What a statistics file of `layer` computed from `corpus` on `model` records about itself.
+pub fn provenance<M: EditableLm + ?Sized>(
     model: &M,
     corpus: &Corpus,
     layer: usize,

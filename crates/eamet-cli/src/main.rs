@@ -1,9 +1,18 @@
 //! `eamet`: edit, evaluate and inspect language models with EAMET / MEMIT / AlphaEdit.
 //!
-//! Today: `eamet info` (open a model, check the runtime, show what it completes) and
-//! `eamet generate`; `edit`, `eval`, `stats`, `score` and `apply-patch` arrive with their issues.
+//! Commands: `edit`, `eval`, `stats` (and `stats merge`), `score`, `generate`, `apply-patch`,
+//! `info`. Errors go to stderr as one line `eamet: error: ...` with exit status 1 (usage errors:
+//! 2); nothing is written when the input is bad.
+
+mod common;
+mod edit;
+mod eval;
+mod patch;
+mod score;
+mod stats;
 
 use clap::{Parser, Subcommand};
+use common::{load_model as load, resolve_model};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,6 +25,23 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum StatsCommand {
+    /// Add shard files of one layer into one statistics file (default: into the cache, where
+    /// `eamet edit` finds it).
+    Merge {
+        /// Shard files (same model, corpus and layer).
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+        /// Output file (default: the cache path for this model, corpus, size and layer).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -52,9 +78,161 @@ enum Command {
         /// Save the W_out updates as a patch file.
         #[arg(long)]
         patch: Option<PathBuf>,
-        /// Run directory: prefixes and finished residuals are saved there; rerunning resumes.
+        /// Run directory: prefixes and every finished residual are saved there as they finish.
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// Continue the run in --run-dir (finished facts are not optimized again).
+        #[arg(long)]
+        resume: bool,
+        /// Also score the facts (strict / classic / lenient metrics) before and after the edit.
+        #[arg(long)]
+        eval: bool,
+        /// Print one JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Edit the records of a dataset and evaluate them before and after (ALGORITHM.md §7):
+    /// strict, classic and lenient efficacy / generalization / specificity, fluency and
+    /// robustness to context prefixes. Writes report.json (every prompt's raw greedy generation
+    /// pre and post), report.md and plots into --report.
+    ///
+    /// Examples:
+    ///   eamet eval --dataset counterfact_rome_format_1000.json --n 50 --method memit --report runs/memit50
+    ///   eamet eval --dataset zsre_mend_eval_portability_1037.json --n 20 --batch-size 5 --report runs/zsre
+    Eval {
+        /// GGUF file or Hugging Face checkpoint directory (default: the set-up's SmolLM2).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Dataset file: CounterFact (ROME or EasyEdit format), zsRE (MEND), MQuAKE or our JSONL
+        /// facts; the format is detected.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Number of records.
+        #[arg(long, default_value_t = 100)]
+        n: usize,
+        /// Index of the first record.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// eamet | memit | alphaedit | alphaedit-aligned.
+        #[arg(long, default_value = "eamet")]
+        method: String,
+        /// Hyperparameters JSON (reference field names accepted); default: SmolLM2 values.
+        #[arg(long)]
+        hparams: Option<PathBuf>,
+        /// Edited layers, e.g. 3,4 (overrides the hyperparameters).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<usize>>,
+        /// Generic text for the key statistics and the context prefixes; default: model-written.
+        #[arg(long)]
+        corpus: Vec<PathBuf>,
+        /// Report directory (must not hold a report yet).
+        #[arg(long)]
+        report: PathBuf,
+        /// Edit in batches of this many records, evaluating after each (efficacy vs edits).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Seed of the context prefixes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Skip the fluency generations (64 tokens per generation prompt).
+        #[arg(long)]
+        no_fluency: bool,
+        /// Skip the 5/50/200-token prefix robustness suite.
+        #[arg(long)]
+        no_robustness: bool,
+        /// Run directory for the residuals (resumable).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Print a JSON summary instead of the markdown table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Second-moment statistics of the keys (C = E[k kᵀ]) at the given layers, cached per model,
+    /// corpus and size; with --shard i/n, one shard's partial sums to --out for `stats merge`.
+    ///
+    /// Examples:
+    ///   eamet stats --layers 3,4 --corpus wiki.train.tokens --samples 2000
+    ///   eamet stats --layers 4 --corpus wiki.train.tokens --samples 2000 --shard 0/2 --out shards
+    ///   eamet stats merge shards/shard-0-of-2-layer4.safetensors shards/shard-1-of-2-layer4.safetensors
+    Stats {
+        #[command(subcommand)]
+        merge: Option<StatsCommand>,
+        /// GGUF file or Hugging Face checkpoint directory (default: the set-up's SmolLM2).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Layers.
+        #[arg(long, value_delimiter = ',', default_value = "3,4")]
+        layers: Vec<usize>,
+        /// Text files (.txt: one document per line; .jsonl: a "text" field); default:
+        /// text the model writes itself (seeded).
+        #[arg(long)]
+        corpus: Vec<PathBuf>,
+        /// Documents to use.
+        #[arg(long, default_value_t = 256)]
+        samples: usize,
+        /// Tokens per document.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// Compute shard i of n (documents i, i+n, ...), e.g. 0/4.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Directory for shard files (default ./stats-shards).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Misalignment of MEMIT-style residuals (optimized independently, nothing edited), in both
+    /// KL directions and both neighbourhoods.
+    ///
+    /// Example: eamet score --facts facts/demo.jsonl
+    Score {
+        /// GGUF file or Hugging Face checkpoint directory (default: the set-up's SmolLM2).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Facts or dataset file (default: the bundled demo facts).
+        #[arg(long)]
+        facts: Option<PathBuf>,
+        /// At most this many records.
+        #[arg(long)]
+        n: Option<usize>,
+        /// Index of the first record.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// memit (independent residuals) or eamet (sequential aligned residuals).
+        #[arg(long, default_value = "memit")]
+        method: String,
+        /// Hyperparameters JSON.
+        #[arg(long)]
+        hparams: Option<PathBuf>,
+        /// Layers (the last one is where residuals live).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<usize>>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a patch file (from `eamet edit --patch`) to its base model and show completions
+    /// before and after.
+    ///
+    /// Example: eamet apply-patch --patch edit.safetensors --prompt "The Eiffel Tower is located in the city of"
+    ApplyPatch {
+        /// The base model (default: the set-up's SmolLM2); its SHA-256 must match the patch.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The patch file.
+        #[arg(long)]
+        patch: PathBuf,
+        /// Prompts (default: the demo facts' prompts).
+        #[arg(long = "prompt")]
+        prompts: Vec<String>,
+        /// Most new tokens per prompt.
+        #[arg(long, default_value_t = 8)]
+        max_new: usize,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
     /// Open a model, print its hyperparameters, and check that libtorch computes.
     ///
@@ -83,176 +261,11 @@ enum Command {
     },
 }
 
-/// The bundled demo facts (facts/demo.jsonl).
-const DEMO_FACTS: &str = include_str!("../../../facts/demo.jsonl");
-
-fn read_facts(path: Option<&std::path::Path>) -> anyhow::Result<Vec<eamet::Fact>> {
-    let (text, name) = match path {
-        Some(p) => (
-            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => (DEMO_FACTS.to_string(), "bundled demo facts".to_string()),
-    };
-    let mut facts = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let f: eamet::Fact = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{name} line {}: {e}", i + 1))?;
-        facts.push(f);
-    }
-    if facts.is_empty() {
-        anyhow::bail!("{name} holds no facts");
-    }
-    Ok(facts)
-}
-
-fn first_words(
-    model: &eamet::hooks::LlamaModel,
-    facts: &[eamet::Fact],
-) -> anyhow::Result<Vec<String>> {
-    use eamet::hooks::EditableLm;
-    let tok = model.tokenizer();
-    let ids = facts
-        .iter()
-        .map(|f| tok.encode(&f.prompt.replace("{}", &f.subject)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let stop: Vec<u32> = tok.eos_id.into_iter().collect();
-    model
-        .generate(&ids, 5, &stop)?
-        .iter()
-        .map(|g| {
-            Ok(tok
-                .decode(&g.tokens)?
-                .replace('\n', " ")
-                .trim_end()
-                .to_string())
-        })
-        .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn edit(
-    model: Option<PathBuf>,
-    facts: Option<PathBuf>,
-    method: String,
-    hparams: Option<PathBuf>,
-    layers: Option<Vec<usize>>,
-    corpus: Vec<PathBuf>,
-    patch: Option<PathBuf>,
-    run_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let method = eamet::Method::parse(&method)?;
-    let facts = read_facts(facts.as_deref())?;
-    let path = resolve_model(model)?;
-    let mut model = load(&path)?;
-    let mut hp = match &hparams {
-        Some(p) => eamet::EditHparams::from_json(
-            &std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-        )?,
-        None => eamet::EditHparams::smollm2(method),
-    };
-    if let Some(l) = layers {
-        hp.layers = l;
-    }
-    let corpus = if corpus.is_empty() {
-        None
-    } else {
-        Some(eamet::stats::Corpus::from_files(&corpus)?)
-    };
-    println!("model   {}", path.display());
-    println!(
-        "method  {method:?}, layers {:?}, {} facts",
-        hp.layers,
-        facts.len()
-    );
-    let before = first_words(&model, &facts)?;
-    let opts = eamet::EditOptions {
-        run_dir,
-        corpus,
-        progress: true,
-        ..Default::default()
-    };
-    let out = eamet::Editor::new(&mut model, method, hp, opts)?.edit(&facts)?;
-    let after = first_words(&model, &facts)?;
-    println!();
-    println!("| prompt | new object | before | after | edited |");
-    println!("|---|---|---|---|---|");
-    let mut ok = 0;
-    for ((f, b), a) in facts.iter().zip(&before).zip(&after) {
-        let hit = a.starts_with(&format!(" {}", f.target_new));
-        ok += hit as usize;
-        println!(
-            "| {} | {} | {} | {} | {} |",
-            f.prompt.replace("{}", &f.subject),
-            f.target_new,
-            b.trim(),
-            a.trim(),
-            if hit { "yes" } else { "no" }
-        );
-    }
-    println!();
-    println!(
-        "edited: {ok}/{} facts now greedy-complete with the new object",
-        facts.len()
-    );
-    let nll: Vec<String> = out
-        .residuals
-        .stats
-        .iter()
-        .map(|s| format!("{:.3}", s.final_nll))
-        .collect();
-    println!("final residual NLL per fact: {}", nll.join(" "));
-    println!(
-        "misalignment of the residuals: total {:.3} (A(i) = KL(P_r || P_k) over j < i, tau 0.07)",
-        out.misalignment_total
-    );
-    let times: Vec<String> = out
-        .timings
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.1}s"))
-        .collect();
-    println!("timings: {}", times.join(", "));
-    if let Some(p) = patch {
-        let patch =
-            eamet::hooks::patch::Patch::from_model(&model, &format!("{method:?}").to_lowercase())?;
-        let inputs = model.source().identity_files()?;
-        patch.save(&p, &inputs, false)?;
-        println!("patch written to {}", p.display());
-    }
-    Ok(())
-}
-
 const DEMO_PROMPTS: [&str; 3] = [
     "The Eiffel Tower is located in the city of",
     "The capital of Japan is",
     "Michael Jordan professionally plays the sport of",
 ];
-
-fn resolve_model(model: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let path = match model.or_else(eamet::hooks::paths::default_model) {
-        Some(p) => p,
-        None => anyhow::bail!("no --model given and no cache directory known (set EAMET_HOME)"),
-    };
-    if !path.exists() {
-        anyhow::bail!(
-            "model {} does not exist; pass --model, or run `cargo xtask setup` to fetch the default",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn load(path: &std::path::Path) -> anyhow::Result<eamet::hooks::LlamaModel> {
-    use eamet::hooks::tch::Device;
-    Ok(if path.is_dir() {
-        eamet::hooks::LlamaModel::from_hf_dir(path, Device::Cpu)?
-    } else {
-        eamet::hooks::LlamaModel::from_gguf(path, Device::Cpu)?
-    })
-}
 
 fn complete(
     model: &eamet::hooks::LlamaModel,
@@ -324,9 +337,111 @@ fn main() -> ExitCode {
             corpus,
             patch,
             run_dir,
-        } => edit(
-            model, facts, method, hparams, layers, corpus, patch, run_dir,
-        ),
+            resume,
+            eval,
+            json,
+        } => edit::run(edit::EditArgs {
+            model,
+            facts,
+            method,
+            hparams,
+            layers,
+            corpus,
+            patch,
+            run_dir,
+            resume,
+            eval,
+            json,
+        }),
+        Command::Eval {
+            model,
+            dataset,
+            n,
+            offset,
+            method,
+            hparams,
+            layers,
+            corpus,
+            report,
+            batch_size,
+            seed,
+            no_fluency,
+            no_robustness,
+            run_dir,
+            json,
+        } => eval::run(eval::EvalArgs {
+            model,
+            dataset,
+            n,
+            offset,
+            method,
+            hparams,
+            layers,
+            corpus,
+            report,
+            batch_size,
+            seed,
+            no_fluency,
+            no_robustness,
+            run_dir,
+            json,
+        }),
+        Command::Stats {
+            merge: Some(StatsCommand::Merge { shards, out, json }),
+            ..
+        } => stats::merge(stats::MergeArgs { shards, out, json }),
+        Command::Stats {
+            merge: None,
+            model,
+            layers,
+            corpus,
+            samples,
+            max_tokens,
+            shard,
+            out,
+            json,
+        } => stats::run(stats::StatsArgs {
+            model,
+            layers,
+            corpus,
+            samples,
+            max_tokens,
+            shard,
+            out,
+            json,
+        }),
+        Command::Score {
+            model,
+            facts,
+            n,
+            offset,
+            method,
+            hparams,
+            layers,
+            json,
+        } => score::run(score::ScoreArgs {
+            model,
+            facts,
+            n,
+            offset,
+            method,
+            hparams,
+            layers,
+            json,
+        }),
+        Command::ApplyPatch {
+            model,
+            patch,
+            prompts,
+            max_new,
+            json,
+        } => patch::run(patch::PatchArgs {
+            model,
+            patch,
+            prompts,
+            max_new,
+            json,
+        }),
         Command::Generate {
             model,
             prompts,

@@ -5,5 +5,18 @@
 //! an edit: classic probability metrics, strict generation metrics, fluency and robustness,
 //! always next to the unedited model's numbers.
 //!
-//! This crate is a skeleton until its issue lands; it compiles and is documented.
+//! | module | what | needs libtorch |
+//! |---|---|---|
+//! | [`data`] | dataset loaders (streaming, typed errors with record index) | no |
+//! | [`text`] | text statistics: n-gram entropy (fluency), word-boundary matching | no |
+//! | [`plot`] | SVG/PNG plots for reports | no |
+//! | `metrics` (feature `metrics`, default) | strict, classic, lenient, fluency, robustness metrics through the hooks API | yes |
 #![deny(missing_docs)]
+
+pub mod data;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+pub mod plot;
+#[cfg(feature = "metrics")]
+pub mod report;
+pub mod text;

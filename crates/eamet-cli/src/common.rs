@@ -1,0 +1,146 @@
+//! What several commands share: model, facts, hyperparameters, corpus.
+
+use anyhow::{anyhow, bail, Context, Result};
+use eamet::eval::data::{load, load_str, EvalRecord, Format, LoadOptions};
+use eamet::hooks::tch::Device;
+use eamet::hooks::LlamaModel;
+use eamet::{EditHparams, Method};
+use std::path::{Path, PathBuf};
+
+/// The bundled demo facts (facts/demo.jsonl).
+pub const DEMO_FACTS: &str = include_str!("../../../facts/demo.jsonl");
+
+/// The model path: `--model`, else the set-up's SmolLM2; it must exist.
+pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
+    let path = match model.or_else(eamet::hooks::paths::default_model) {
+        Some(p) => p,
+        None => bail!("no --model given and no cache directory known (set EAMET_HOME)"),
+    };
+    if !path.exists() {
+        bail!(
+            "model {} does not exist; pass --model, or run `cargo xtask setup` to fetch the default",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Open a GGUF file or a Hugging Face checkpoint directory on the CPU.
+pub fn load_model(path: &Path) -> Result<LlamaModel> {
+    Ok(if path.is_dir() {
+        LlamaModel::from_hf_dir(path, Device::Cpu)?
+    } else {
+        LlamaModel::from_gguf(path, Device::Cpu)?
+    })
+}
+
+/// Edit records from a file in any supported format (auto-detected), or the bundled demo facts.
+pub fn read_records(
+    path: Option<&Path>,
+    offset: usize,
+    limit: Option<usize>,
+) -> Result<(Vec<EvalRecord>, String, String)> {
+    let opts = LoadOptions {
+        offset,
+        limit,
+        ..Default::default()
+    };
+    let loaded = match path {
+        Some(p) => {
+            if !p.exists() {
+                bail!("{}: no such file", p.display());
+            }
+            load(p, &opts)?
+        }
+        None => load_str(
+            "facts/demo.jsonl (bundled)",
+            DEMO_FACTS,
+            &LoadOptions {
+                format: Some(Format::Facts),
+                ..opts
+            },
+        )?,
+    };
+    let format = loaded.format.name().to_string();
+    let name = loaded.path.display().to_string();
+    let records = loaded.into_edits()?;
+    if records.is_empty() {
+        bail!("{name} holds no records in the range asked for");
+    }
+    Ok((records, name, format))
+}
+
+/// Hyperparameters: a JSON file (reference field names accepted) or the SmolLM2 preset of the
+/// method; `--layers` overrides; checked against the model's depth.
+pub fn hparams(
+    method: Method,
+    file: Option<&Path>,
+    layers: Option<Vec<usize>>,
+    n_layers: usize,
+) -> Result<EditHparams> {
+    let mut hp = match file {
+        Some(p) => EditHparams::from_json(
+            &std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?,
+        )
+        .with_context(|| format!("{}", p.display()))?,
+        None => EditHparams::smollm2(method),
+    };
+    if let Some(l) = layers {
+        hp.layers = l;
+    }
+    if let Some(&bad) = hp.layers.iter().find(|&&l| l >= n_layers) {
+        bail!(
+            "layer {bad} is out of range: the model has {n_layers} layers (0..={})",
+            n_layers - 1
+        );
+    }
+    Ok(hp)
+}
+
+/// Generic text from `--corpus` files, if any.
+pub fn corpus(files: &[PathBuf]) -> Result<Option<eamet::stats::Corpus>> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    for f in files {
+        if !f.exists() {
+            bail!("corpus file {}: no such file", f.display());
+        }
+    }
+    Ok(Some(eamet::stats::Corpus::from_files(files)?))
+}
+
+/// Parse `i/n`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("--shard {s:?}: expected i/n, e.g. 0/4"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("--shard {s:?}: bad index"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| anyhow!("--shard {s:?}: bad count"))?;
+    if n == 0 || i >= n {
+        bail!("--shard {s:?}: need 0 <= i < n");
+    }
+    Ok((i, n))
+}
+
+/// The cache directory (`EAMET_HOME`, ...).
+pub fn cache_dir() -> Result<PathBuf> {
+    eamet::hooks::paths::cache_dir().ok_or_else(|| anyhow!("no cache directory: set EAMET_HOME"))
+}
+
+/// Refuse to write `path` if it exists (outputs are never overwritten silently).
+pub fn refuse_existing(path: &Path, what: &str) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{what} {} already exists; remove it or choose another path",
+            path.display()
+        );
+    }
+    Ok(())
+}

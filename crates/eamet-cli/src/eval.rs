@@ -1,0 +1,190 @@
+//! `eamet eval`.
+
+use crate::common::{cache_dir, corpus, hparams, load_model, read_records, resolve_model};
+use anyhow::{bail, Result};
+use eamet::eval::metrics::EvalConfig;
+use eamet::eval::report::RunInfo;
+use eamet::evaluation::{run_eval, EvalPlan, EvalSchedule};
+use eamet::hooks::EditableLm;
+use eamet::{EditOptions, Method};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `eamet eval`.
+pub struct EvalArgs {
+    pub model: Option<PathBuf>,
+    pub dataset: PathBuf,
+    pub n: usize,
+    pub offset: usize,
+    pub method: String,
+    pub hparams: Option<PathBuf>,
+    pub layers: Option<Vec<usize>>,
+    pub corpus: Vec<PathBuf>,
+    pub report: PathBuf,
+    pub batch_size: Option<usize>,
+    pub seed: u64,
+    pub no_fluency: bool,
+    pub no_robustness: bool,
+    pub run_dir: Option<PathBuf>,
+    pub json: bool,
+}
+
+/// UTC time as RFC 3339, from the system clock (no time-zone database needed).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let method = Method::parse(&a.method)?;
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    if a.batch_size == Some(0) {
+        bail!("--batch-size must be at least 1");
+    }
+    if a.report.join("report.json").exists() {
+        bail!(
+            "{} already holds a report; choose another --report directory",
+            a.report.display()
+        );
+    }
+    let (records, dataset, format) = read_records(Some(&a.dataset), a.offset, Some(a.n))?;
+    let facts: Vec<_> = records.iter().map(|r| r.rewrite.to_fact()).collect();
+    eamet::optim::validate_facts(&facts)?;
+    let corpus = corpus(&a.corpus)?;
+    let path = resolve_model(a.model)?;
+    let mut model = load_model(&path)?;
+    let hp = hparams(
+        method,
+        a.hparams.as_deref(),
+        a.layers,
+        model.config().n_layers,
+    )?;
+    let cache = cache_dir()?;
+    let prefix_docs = match &corpus {
+        Some(c) => c.docs.clone(),
+        None => {
+            eamet::stats::generated_corpus(
+                &model,
+                hp.mom2_n_samples,
+                hp.mom2_max_tokens,
+                &cache,
+                !a.json,
+            )?
+            .docs
+        }
+    };
+    let mut eval = EvalConfig::default();
+    if a.no_fluency {
+        eval.fluency_tokens = 0;
+    }
+    if a.no_robustness {
+        eval.robustness_lens.clear();
+    }
+    let plan = EvalPlan {
+        method,
+        hparams: hp,
+        edit: EditOptions {
+            run_dir: a.run_dir,
+            corpus,
+            progress: !a.json,
+            ..Default::default()
+        },
+        eval,
+        prefix_docs,
+        seed: a.seed,
+        schedule: match a.batch_size {
+            Some(k) if k < records.len() => EvalSchedule::Batches(k),
+            _ => EvalSchedule::AllThenEvaluate,
+        },
+    };
+    let mut environment = BTreeMap::new();
+    environment.insert(
+        "libtorch threads".into(),
+        eamet::hooks::tch::get_num_threads().to_string(),
+    );
+    environment.insert("os".into(), std::env::consts::OS.into());
+    environment.insert(
+        "cpus".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.get().to_string())
+            .unwrap_or_default(),
+    );
+    environment.insert(
+        "profile".into(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+    );
+    let info = RunInfo {
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        created: now_rfc3339(),
+        command: Some(
+            std::env::args()
+                .map(|s| if s.contains(' ') { format!("'{s}'") } else { s })
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        model: path.display().to_string(),
+        model_sha256: model.base_sha256()?,
+        dataset,
+        dataset_format: format,
+        offset: a.offset,
+        n: records.len(),
+        method: String::new(),
+        hparams: serde_json::Value::Null,
+        eval_config: EvalConfig::default(),
+        seed: a.seed,
+        schedule: String::new(),
+        environment,
+    };
+    if !a.json {
+        eprintln!(
+            "evaluating {} on {} records of {} (pre-edit, edit, post-edit)",
+            eamet::evaluation::method_name(method),
+            records.len(),
+            a.dataset.display()
+        );
+    }
+    let report = run_eval(&mut model, &records, &plan, info)?;
+    let written = report.write(&a.report)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "pre": report.pre, "post": report.post,
+                "misalignment": report.misalignment.as_ref().map(|m| (m.total_optimized, m.total_written)),
+                "files": written,
+            }))?
+        );
+    } else {
+        println!("{}", report.to_markdown());
+        for w in written {
+            println!("wrote {}", w.display());
+        }
+    }
+    Ok(())
+}

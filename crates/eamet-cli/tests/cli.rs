@@ -1,0 +1,388 @@
+//! The `eamet` binary end to end on the real SmolLM2 model: every command once on small inputs,
+//! and bad input (missing file, malformed JSON line, subject not at a token boundary, unknown
+//! method, layer out of range, empty corpus, existing outputs): one-line error on stderr,
+//! non-zero exit, nothing written.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use std::path::{Path, PathBuf};
+
+fn model_ready() -> bool {
+    let ok = eamet::hooks::paths::default_model().is_some_and(|p| p.exists());
+    if !ok {
+        eprintln!("skipped: the SmolLM2 model is missing; run `cargo xtask setup`");
+    }
+    ok
+}
+
+fn eamet() -> Command {
+    Command::cargo_bin("eamet").unwrap()
+}
+
+const TWO_FACTS: &str = r#"{"subject": "Eiffel Tower", "prompt": "The {} is located in the city of", "target_new": "Rome", "target_true": "Paris", "case_id": "a"}
+# a comment line
+{"subject": "Colosseum", "prompt": "The {} is located in the city of", "target_new": "London", "target_true": "Rome", "case_id": "b"}
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../eamet-eval/tests/fixtures")
+        .join(name)
+}
+
+/// Runs a command expected to fail: exit status 1, one line on stderr naming `needle`.
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("eamet: error: "), "{err}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "{needle:?} not in {err}"
+    );
+}
+
+#[test]
+fn help_of_every_command_has_an_example() {
+    eamet()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("eval"));
+    for c in [
+        "edit",
+        "eval",
+        "stats",
+        "score",
+        "generate",
+        "apply-patch",
+        "info",
+    ] {
+        eamet()
+            .args([c, "--help"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Example"));
+    }
+    // A usage error is clap's: exit status 2.
+    eamet().args(["edit", "--no-such-flag"]).assert().code(2);
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_writes_nothing() {
+    if !model_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let patch = d.join("out.safetensors");
+    let facts = write(d, "facts.jsonl", TWO_FACTS);
+    fails_with(
+        eamet()
+            .args(["edit", "--facts"])
+            .arg(d.join("missing.jsonl")),
+        "no such file",
+    );
+    let bad = write(
+        d,
+        "bad.jsonl",
+        "{\"subject\": \"A\", \"prompt\": \"{} is\", \"target_new\": \"B\"}\n{\"subject\": \n",
+    );
+    fails_with(
+        eamet()
+            .args(["edit", "--facts"])
+            .arg(&bad)
+            .arg("--patch")
+            .arg(&patch),
+        "line 2",
+    );
+    let no_subject = write(
+        d,
+        "nosub.jsonl",
+        "{\"subject\": \"Eiffel Tow\", \"prompt\": \"The {}er is in\", \"target_new\": \"Rome\"}\n",
+    );
+    fails_with(
+        eamet()
+            .args(["edit", "--facts"])
+            .arg(&no_subject)
+            .arg("--patch")
+            .arg(&patch),
+        "subject",
+    );
+    fails_with(
+        eamet()
+            .args(["edit", "--method", "rome", "--facts"])
+            .arg(&facts),
+        "method",
+    );
+    fails_with(
+        eamet()
+            .args(["edit", "--layers", "3,99", "--facts"])
+            .arg(&facts)
+            .arg("--patch")
+            .arg(&patch),
+        "out of range",
+    );
+    let empty = write(d, "empty.txt", "\n\n");
+    fails_with(
+        eamet()
+            .args(["edit", "--facts"])
+            .arg(&facts)
+            .arg("--corpus")
+            .arg(&empty)
+            .arg("--patch")
+            .arg(&patch),
+        "no documents",
+    );
+    assert!(!patch.exists(), "a failed edit wrote its patch");
+    let existing = write(d, "existing.safetensors", "keep me");
+    fails_with(
+        eamet()
+            .args(["edit", "--facts"])
+            .arg(&facts)
+            .arg("--patch")
+            .arg(&existing),
+        "already exists",
+    );
+    assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
+    fails_with(
+        eamet()
+            .args(["eval", "--dataset"])
+            .arg(d.join("nope.json"))
+            .arg("--report")
+            .arg(d.join("r")),
+        "no such file",
+    );
+    fails_with(
+        eamet()
+            .args(["stats", "--shard", "3/2", "--out"])
+            .arg(d.join("shards")),
+        "shard",
+    );
+    fails_with(
+        eamet()
+            .args(["apply-patch", "--patch"])
+            .arg(d.join("nope.safetensors")),
+        "no such file",
+    );
+    fails_with(
+        eamet()
+            .args(["stats", "merge"])
+            .arg(d.join("nope.safetensors")),
+        "no such file",
+    );
+    // Nothing but our own inputs in the directory.
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bad.jsonl",
+            "empty.txt",
+            "existing.safetensors",
+            "facts.jsonl",
+            "nosub.jsonl"
+        ]
+    );
+}
+
+#[test]
+fn generate_edit_patch_round_trip() {
+    if !model_ready() {
+        return;
+    }
+    let out = eamet()
+        .args([
+            "generate",
+            "--prompt",
+            "The Eiffel Tower is located in the city of",
+            "--max-new",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let facts = write(dir.path(), "facts.jsonl", TWO_FACTS);
+    let patch = dir.path().join("edit.safetensors");
+    let out = eamet()
+        .args(["edit", "--method", "memit", "--json", "--facts"])
+        .arg(&facts)
+        .arg("--patch")
+        .arg(&patch)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["edited"], 2, "{v}");
+    assert!(patch.exists());
+
+    let out = eamet()
+        .args(["apply-patch", "--json", "--max-new", "3", "--patch"])
+        .arg(&patch)
+        .args(["--prompt", "The Colosseum is located in the city of"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v["completions"][0];
+    assert!(c["before"].as_str().unwrap().contains("Rome"), "{v}");
+    assert!(c["after"].as_str().unwrap().contains("London"), "{v}");
+}
+
+#[test]
+fn stats_shards_merge_to_the_whole() {
+    if !model_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("shards");
+    let mut tokens = 0;
+    for s in ["0/2", "1/2"] {
+        let out = eamet()
+            .args([
+                "stats",
+                "--layers",
+                "4",
+                "--samples",
+                "6",
+                "--max-tokens",
+                "12",
+                "--json",
+                "--shard",
+                s,
+                "--out",
+            ])
+            .arg(&shards)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["samples"], 3);
+        tokens += v[0]["tokens"].as_u64().unwrap();
+    }
+    let merged = dir.path().join("merged.safetensors");
+    let out = eamet()
+        .args(["stats", "merge", "--json", "--out"])
+        .arg(&merged)
+        .arg(shards.join("shard-0-of-2-layer4.safetensors"))
+        .arg(shards.join("shard-1-of-2-layer4.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["samples"], 6);
+    assert_eq!(v["tokens"].as_u64().unwrap(), tokens);
+    assert!(merged.exists());
+}
+
+#[test]
+fn score_and_eval_on_small_inputs() {
+    if !model_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let facts = write(dir.path(), "facts.jsonl", TWO_FACTS);
+    let out = eamet()
+        .args(["score", "--json", "--facts"])
+        .arg(&facts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["facts"], 2);
+    assert_eq!(v["scores"].as_array().unwrap().len(), 4);
+    // Two facts, j < i: fact 0 has no neighbours, fact 1 has one (softmax of one = 1): A = 0.
+    assert_eq!(v["scores"][0]["total"], 0.0);
+
+    let report = dir.path().join("report");
+    let out = eamet()
+        .args([
+            "eval",
+            "--method",
+            "memit",
+            "--n",
+            "2",
+            "--no-fluency",
+            "--no-robustness",
+            "--json",
+            "--dataset",
+        ])
+        .arg(fixture("counterfact_rome_3.json"))
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let post = v["post"]["strict.efficacy"][0].as_f64().unwrap();
+    let pre = v["pre"]["strict.efficacy"][0].as_f64().unwrap();
+    assert!(post > pre, "strict efficacy pre {pre} post {post}");
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(rep["info"]["n"], 2);
+    assert_eq!(rep["records"].as_array().unwrap().len(), 2);
+    // Raw generations pre and post for every prompt.
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("counterfact_rome_3.json")).unwrap())
+            .unwrap();
+    let expected = 1
+        + fx[0]["paraphrase_prompts"].as_array().unwrap().len()
+        + fx[0]["neighborhood_prompts"].as_array().unwrap().len();
+    for side in 0..2 {
+        let prompts = rep["records"][0][side]["prompts"].as_array().unwrap();
+        assert_eq!(prompts.len(), expected);
+        assert!(prompts
+            .iter()
+            .all(|p| !p["generation"].as_str().unwrap().is_empty()));
+    }
+    assert!(report.join("report.md").exists());
+    assert!(report.join("misalignment_histogram.svg").exists());
+    // A second run into the same directory is refused.
+    fails_with(
+        eamet()
+            .args(["eval", "--n", "1", "--dataset"])
+            .arg(fixture("counterfact_rome_3.json"))
+            .arg("--report")
+            .arg(&report),
+        "already holds a report",
+    );
+}

@@ -1,0 +1,298 @@
+//! Evaluation reports (feature `metrics`): one JSON document with everything needed to
+//! reproduce and audit a run (model hash, dataset slice, hyperparameters, seed, schedule,
+//! timings, versions, every prompt's raw greedy generation before and after), a markdown table,
+//! and plots.
+
+use crate::metrics::{robustness_metric, summarize, EvalConfig, RecordEval, METRICS};
+use crate::plot;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where the numbers came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// `eamet-eval` version that wrote the report.
+    pub tool_version: String,
+    /// When (RFC 3339, UTC).
+    pub created: String,
+    /// The exact command line, if run from the CLI.
+    pub command: Option<String>,
+    /// Model file or directory.
+    pub model: String,
+    /// SHA-256 of the model's weights.
+    pub model_sha256: String,
+    /// Dataset file.
+    pub dataset: String,
+    /// Dataset format name.
+    pub dataset_format: String,
+    /// Index of the first record used.
+    pub offset: usize,
+    /// Number of records used.
+    pub n: usize,
+    /// Editing method.
+    pub method: String,
+    /// Hyperparameters of the edit, as given to the editor.
+    pub hparams: serde_json::Value,
+    /// Metric settings.
+    pub eval_config: EvalConfig,
+    /// Seed of the context prefixes.
+    pub seed: u64,
+    /// How edits and evaluation interleave, in words.
+    pub schedule: String,
+    /// libtorch version and threads, and similar facts about the machine.
+    pub environment: BTreeMap<String, String>,
+}
+
+/// Misalignment of the residuals of the edit (ALGORITHM.md §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MisalignmentInfo {
+    /// The divergence, e.g. `"KL(P_r || P_k)"`.
+    pub direction: String,
+    /// The neighbourhood, e.g. `"j < i"`.
+    pub neighbourhood: String,
+    /// Σ A(i) of the optimized residuals `δ_i`.
+    pub total_optimized: f64,
+    /// Σ A(i) of the residuals the solve wrote.
+    pub total_written: f64,
+    /// Per fact, optimized residuals.
+    pub per_fact_optimized: Vec<f64>,
+    /// Per fact, written residuals.
+    pub per_fact_written: Vec<f64>,
+}
+
+/// Metric means after a number of edits (the "evaluate after each batch" schedule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Edits written so far.
+    pub edits: usize,
+    /// Metric → (mean, records) over the records edited so far.
+    pub summary: BTreeMap<String, (f64, usize)>,
+}
+
+/// A whole evaluation run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Provenance.
+    pub info: RunInfo,
+    /// Seconds per phase.
+    pub timings: Vec<(String, f64)>,
+    /// Misalignment, when the method optimized residuals.
+    pub misalignment: Option<MisalignmentInfo>,
+    /// Per-record final residual NLL of the optimizer, if known.
+    pub residual_nll: Vec<f64>,
+    /// Metric means on the unedited model.
+    pub pre: BTreeMap<String, (f64, usize)>,
+    /// Metric means on the edited model.
+    pub post: BTreeMap<String, (f64, usize)>,
+    /// Checkpoints of a batched schedule (empty when everything was edited at once).
+    pub checkpoints: Vec<Checkpoint>,
+    /// Per record: pre and post results with every prompt's raw generation.
+    pub records: Vec<(RecordEval, RecordEval)>,
+}
+
+impl Report {
+    /// Assemble a report from per-record results (`pre[i]` and `post[i]` are the same record).
+    pub fn new(
+        info: RunInfo,
+        pre: Vec<RecordEval>,
+        post: Vec<RecordEval>,
+        timings: Vec<(String, f64)>,
+    ) -> Self {
+        Report {
+            pre: summarize(&pre),
+            post: summarize(&post),
+            records: pre.into_iter().zip(post).collect(),
+            info,
+            timings,
+            misalignment: None,
+            residual_nll: Vec::new(),
+            checkpoints: Vec::new(),
+        }
+    }
+
+    fn metric_rows(&self) -> Vec<(String, String)> {
+        let mut rows: Vec<(String, String)> = METRICS
+            .iter()
+            .map(|(k, l)| (k.to_string(), l.to_string()))
+            .collect();
+        for &n in &self.info.eval_config.robustness_lens {
+            rows.push((
+                robustness_metric(n),
+                format!("robustness: strict efficacy, {n}-token prefixes"),
+            ));
+        }
+        rows.retain(|(k, _)| self.pre.contains_key(k) || self.post.contains_key(k));
+        rows
+    }
+
+    /// The markdown summary: provenance, the metric table (pre, post, change), misalignment and
+    /// timings.
+    pub fn to_markdown(&self) -> String {
+        let i = &self.info;
+        let mut s = String::new();
+        s.push_str(&format!(
+            "# {} on {} records of {}\n\n",
+            i.method, i.n, i.dataset
+        ));
+        s.push_str(&format!(
+            "- model: `{}` (sha256 `{}`)\n- dataset: `{}` ({}), records {}..{}\n- schedule: {}\n- seed: {}\n- written: {} by eamet-eval {}\n",
+            i.model,
+            &i.model_sha256,
+            i.dataset,
+            i.dataset_format,
+            i.offset,
+            i.offset + i.n,
+            i.schedule,
+            i.seed,
+            i.created,
+            i.tool_version
+        ));
+        if let Some(c) = &i.command {
+            s.push_str(&format!("- command: `{c}`\n"));
+        }
+        s.push_str("\nStrict = greedy decoding emits exactly the object first (every object token is the argmax under teacher forcing). Lenient = the 10-token greedy continuation contains the object at a word boundary.\n\n");
+        s.push_str("| metric | pre-edit | post-edit | change | records |\n|---|---|---|---|---|\n");
+        for (k, label) in self.metric_rows() {
+            let pre = self.pre.get(&k).map(|v| v.0);
+            let post = self.post.get(&k).map(|v| v.0);
+            let n = self.post.get(&k).or(self.pre.get(&k)).map_or(0, |v| v.1);
+            let f = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3}"));
+            let d = match (pre, post) {
+                (Some(a), Some(b)) => format!("{:+.3}", b - a),
+                _ => "-".into(),
+            };
+            s.push_str(&format!(
+                "| {label} | {} | {} | {d} | {n} |\n",
+                f(pre),
+                f(post)
+            ));
+        }
+        if let Some(m) = &self.misalignment {
+            s.push_str(&format!(
+                "\nMisalignment {} over {}: optimized residuals Σ A(i) = {:.3}, written residuals Σ A(i) = {:.3}.\n",
+                m.direction, m.neighbourhood, m.total_optimized, m.total_written
+            ));
+        }
+        if !self.checkpoints.is_empty() {
+            s.push_str("\n| edits | strict efficacy | strict generalization | strict specificity |\n|---|---|---|---|\n");
+            for c in &self.checkpoints {
+                let g = |k: &str| {
+                    c.summary
+                        .get(k)
+                        .map_or("-".to_string(), |v| format!("{:.3}", v.0))
+                };
+                s.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    c.edits,
+                    g("strict.efficacy"),
+                    g("strict.generalization"),
+                    g("strict.specificity")
+                ));
+            }
+        }
+        if !self.timings.is_empty() {
+            s.push_str("\n| phase | seconds |\n|---|---|\n");
+            for (k, v) in &self.timings {
+                s.push_str(&format!("| {k} | {v:.1} |\n"));
+            }
+        }
+        s
+    }
+
+    /// Writes `report.json`, `report.md` and the plots into `dir` (created if needed); every
+    /// file is written to a temporary name and renamed. Returns the paths written.
+    ///
+    /// # Errors
+    /// I/O errors, naming the file.
+    pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
+        std::fs::create_dir_all(dir).map_err(|e| ReportError::Io(dir.to_path_buf(), e))?;
+        let mut written = Vec::new();
+        let json = serde_json::to_string_pretty(self).map_err(ReportError::Json)?;
+        written.push(write_atomic(&dir.join("report.json"), json.as_bytes())?);
+        written.push(write_atomic(
+            &dir.join("report.md"),
+            self.to_markdown().as_bytes(),
+        )?);
+        if let Some(m) = &self.misalignment {
+            if !m.per_fact_optimized.is_empty() {
+                let paths = plot::misalignment_histogram(
+                    &m.per_fact_optimized,
+                    &m.per_fact_written,
+                    ("optimized residuals", "written residuals"),
+                    &format!("{}: per-fact misalignment A(i)", self.info.method),
+                    dir,
+                    "misalignment_histogram",
+                    &plot::PlotStyle::default(),
+                )
+                .map_err(ReportError::Plot)?;
+                written.extend([paths.svg, paths.png]);
+                let pts: Vec<(f64, f64)> = m
+                    .per_fact_optimized
+                    .iter()
+                    .zip(&self.records)
+                    .filter_map(|(&a, (_, post))| {
+                        post.metrics.get("strict.efficacy").map(|&s| (a, s))
+                    })
+                    .collect();
+                if !pts.is_empty() {
+                    let paths = plot::score_vs_success(
+                        &pts,
+                        ("A(i) of the optimized residual", "strict efficacy"),
+                        &format!("{}: A(i) vs strict efficacy", self.info.method),
+                        dir,
+                        "misalignment_vs_success",
+                        &plot::PlotStyle::default(),
+                    )
+                    .map_err(ReportError::Plot)?;
+                    written.extend([paths.svg, paths.png]);
+                }
+            }
+        }
+        if self.checkpoints.len() > 1 {
+            let series = vec![(
+                self.info.method.clone(),
+                self.checkpoints
+                    .iter()
+                    .filter_map(|c| c.summary.get("strict.efficacy").map(|v| (c.edits, v.0)))
+                    .collect::<Vec<_>>(),
+            )];
+            let paths = plot::efficacy_vs_edits(
+                &series,
+                "strict efficacy",
+                "strict efficacy vs number of edits",
+                dir,
+                "efficacy_vs_edits",
+                &plot::PlotStyle::default(),
+            )
+            .map_err(ReportError::Plot)?;
+            written.extend([paths.svg, paths.png]);
+        }
+        Ok(written)
+    }
+}
+
+/// A report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// File system error.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    /// Serialization error.
+    #[error("report JSON: {0}")]
+    Json(serde_json::Error),
+    /// Plotting error.
+    #[error("plot: {0}")]
+    Plot(plot::PlotError),
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf, ReportError> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| ReportError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ReportError::Io(path.to_path_buf(), e))?;
+    Ok(path.to_path_buf())
+}

@@ -1,0 +1,230 @@
+//! Edit-then-evaluate runs (ALGORITHM.md §7): the unedited model is evaluated first (the
+//! "pre" row), then the records' edits are written (all at once, or in batches with an
+//! evaluation after each), then everything is evaluated again, the model is restored, and a
+//! [`Report`] is assembled.
+
+use crate::editor::{EditHparams, EditOptions, Editor, Method};
+use crate::Error;
+use eamet_eval::data::EvalRecord;
+use eamet_eval::metrics::{evaluate, ContextPrefixes, EvalConfig, RecordEval};
+use eamet_eval::report::{Checkpoint, MisalignmentInfo, Report, RunInfo};
+use eamet_hooks::EditableLm;
+use eamet_optim::Fact;
+use eamet_solve::AlphaEditState;
+use std::time::Instant;
+
+/// How edits and evaluations interleave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalSchedule {
+    /// Write every edit, then evaluate (the reference protocol).
+    AllThenEvaluate,
+    /// Write the edits in batches of this size; after each batch evaluate the records edited
+    /// so far (a checkpoint), and evaluate all at the end.
+    Batches(usize),
+}
+
+impl EvalSchedule {
+    /// In words, for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            EvalSchedule::AllThenEvaluate => "all edits in one batch, then evaluate".into(),
+            EvalSchedule::Batches(k) => format!(
+                "edits in batches of {k} (each batch solved on the model edited by the earlier ones), evaluation of the records edited so far after each batch"
+            ),
+        }
+    }
+}
+
+/// Everything an evaluation run needs besides the model and the records.
+#[derive(Debug, Clone)]
+pub struct EvalPlan {
+    /// Editing method.
+    pub method: Method,
+    /// Its hyperparameters.
+    pub hparams: EditHparams,
+    /// Editor options (run directory, cache, corpus for statistics, progress).
+    pub edit: EditOptions,
+    /// Metric settings.
+    pub eval: EvalConfig,
+    /// Documents the context prefixes are cut from.
+    pub prefix_docs: Vec<String>,
+    /// Seed of the context prefixes.
+    pub seed: u64,
+    /// Edit schedule.
+    pub schedule: EvalSchedule,
+}
+
+/// Number of context prefixes of each length (the reference: 10).
+pub const PREFIXES_PER_LENGTH: usize = 10;
+
+fn input<E: std::fmt::Display>(e: E) -> Error {
+    Error::Input(e.to_string())
+}
+
+/// Evaluate `records` before and after editing `model` with their rewrites. The model is
+/// restored before returning (also on error after the edit started, as far as possible).
+/// `info` supplies provenance; its method, n, eval config, seed and schedule fields are filled
+/// in here.
+///
+/// # Errors
+/// Facts that do not validate (naming the record), editor and metric errors.
+pub fn run_eval<M: EditableLm + ?Sized>(
+    model: &mut M,
+    records: &[EvalRecord],
+    plan: &EvalPlan,
+    mut info: RunInfo,
+) -> Result<Report, Error> {
+    if records.is_empty() {
+        return Err(Error::Input("no records to evaluate".into()));
+    }
+    let mut timings = Vec::new();
+    let mut t = Instant::now();
+    let mut lap = |name: &str, t: &mut Instant| {
+        timings.push((name.to_string(), t.elapsed().as_secs_f64()));
+        *t = Instant::now();
+    };
+    let facts: Vec<Fact> = records.iter().map(|r| r.rewrite.to_fact()).collect();
+    eamet_optim::validate_facts(&facts).map_err(input)?;
+
+    let mut lens: Vec<usize> = plan.eval.robustness_lens.clone();
+    if let Some(n) = plan.eval.prefixed_len {
+        lens.push(n);
+    }
+    lens.sort_unstable();
+    lens.dedup();
+    let prefixes = if lens.is_empty() {
+        ContextPrefixes::none()
+    } else {
+        ContextPrefixes::from_corpus(
+            model.tokenizer(),
+            &plan.prefix_docs,
+            &lens,
+            PREFIXES_PER_LENGTH,
+            plan.seed,
+        )
+        .map_err(input)?
+    };
+    lap("context prefixes", &mut t);
+
+    let pre = evaluate(&*model, records, &prefixes, &plan.eval, None).map_err(input)?;
+    lap("evaluate (pre)", &mut t);
+
+    let result = edit_and_evaluate(model, records, &facts, plan, &prefixes, &pre);
+    model.restore();
+    let (post, outcome_parts, checkpoints, edit_timings) = result?;
+    timings.extend(edit_timings);
+
+    info.method = method_name(plan.method).into();
+    info.n = records.len();
+    info.eval_config = plan.eval.clone();
+    info.seed = plan.seed;
+    info.schedule = plan.schedule.describe();
+    info.hparams = serde_json::to_value(&plan.hparams).map_err(input)?;
+    let mut report = Report::new(info, pre, post, timings);
+    report.checkpoints = checkpoints;
+    let (opt, written, nll) = outcome_parts;
+    report.misalignment = Some(MisalignmentInfo {
+        direction: "KL(P_r || P_k)".into(),
+        neighbourhood: "j < i (within each edit batch)".into(),
+        total_optimized: opt.iter().sum(),
+        total_written: written.iter().sum(),
+        per_fact_optimized: opt,
+        per_fact_written: written,
+    });
+    report.residual_nll = nll;
+    Ok(report)
+}
+
+/// The method's name as the CLI spells it.
+pub fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Memit => "memit",
+        Method::Eamet => "eamet",
+        Method::AlphaEdit => "alphaedit",
+        Method::AlphaEditAligned => "alphaedit-aligned",
+    }
+}
+
+type Parts = (
+    Vec<RecordEval>,
+    (Vec<f64>, Vec<f64>, Vec<f64>),
+    Vec<Checkpoint>,
+    Vec<(String, f64)>,
+);
+
+fn edit_and_evaluate<M: EditableLm + ?Sized>(
+    model: &mut M,
+    records: &[EvalRecord],
+    facts: &[Fact],
+    plan: &EvalPlan,
+    prefixes: &ContextPrefixes,
+    pre: &[RecordEval],
+) -> Result<Parts, Error> {
+    let batch = match plan.schedule {
+        EvalSchedule::AllThenEvaluate => facts.len(),
+        EvalSchedule::Batches(k) if k > 0 => k,
+        EvalSchedule::Batches(_) => {
+            return Err(Error::Input("batch size must be at least 1".into()))
+        }
+    };
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut states: Vec<AlphaEditState> = Vec::new();
+    let (mut opt, mut written, mut nll) = (Vec::new(), Vec::new(), Vec::new());
+    let mut checkpoints = Vec::new();
+    let n_batches = facts.len().div_ceil(batch);
+    for (b, chunk) in facts.chunks(batch).enumerate() {
+        let mut opts = plan.edit.clone();
+        if let Some(dir) = &plan.edit.run_dir {
+            if n_batches > 1 {
+                opts.run_dir = Some(dir.join(format!("batch-{b:04}")));
+            }
+        }
+        let mut editor = Editor::new(&mut *model, plan.method, plan.hparams.clone(), opts)?;
+        let out = editor.edit_sequential(chunk, &mut states)?;
+        for (name, s) in &out.timings {
+            match timings
+                .iter_mut()
+                .find(|(n, _)| n == &format!("edit: {name}"))
+            {
+                Some(e) => e.1 += s,
+                None => timings.push((format!("edit: {name}"), *s)),
+            }
+        }
+        opt.extend(out.misalignment.iter().copied());
+        written.extend(out.written_misalignment.iter().copied());
+        nll.extend(out.residuals.stats.iter().map(|s| s.final_nll));
+        if n_batches > 1 && b + 1 < n_batches {
+            let t = Instant::now();
+            let end = ((b + 1) * batch).min(facts.len());
+            let post = evaluate(
+                &*model,
+                &records[..end],
+                prefixes,
+                &plan.eval,
+                Some(&pre[..end]),
+            )
+            .map_err(input)?;
+            checkpoints.push(Checkpoint {
+                edits: end,
+                summary: eamet_eval::metrics::summarize(&post),
+            });
+            match timings
+                .iter_mut()
+                .find(|(n, _)| n == "evaluate (checkpoints)")
+            {
+                Some(e) => e.1 += t.elapsed().as_secs_f64(),
+                None => timings.push(("evaluate (checkpoints)".into(), t.elapsed().as_secs_f64())),
+            }
+        }
+    }
+    let t = Instant::now();
+    let post = evaluate(&*model, records, prefixes, &plan.eval, Some(pre)).map_err(input)?;
+    timings.push(("evaluate (post)".into(), t.elapsed().as_secs_f64()));
+    if n_batches > 1 {
+        checkpoints.push(Checkpoint {
+            edits: facts.len(),
+            summary: eamet_eval::metrics::summarize(&post),
+        });
+    }
+    Ok((post, (opt, written, nll), checkpoints, timings))
+}
