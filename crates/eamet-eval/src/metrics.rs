@@ -48,7 +48,7 @@ pub enum MetricsError {
     /// A libtorch operation failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    /// A target tokenizes to nothing.
+    /// A target is empty (or only whitespace).
     #[error("record {record}: target {target:?} has no tokens")]
     EmptyTarget {
         /// Index of the request.
@@ -134,7 +134,7 @@ pub fn teacher_forced<M: EditableLm + ?Sized>(
             return Err(MetricsError::Input(format!("request {i}: empty prompt")));
         }
         let t = target_ids(tok, &r.target)?;
-        if t.is_empty() {
+        if t.is_empty() || r.target.trim().is_empty() {
             return Err(MetricsError::EmptyTarget {
                 record: i,
                 target: r.target.clone(),
