@@ -72,7 +72,23 @@ pub fn run_eval<M: EditableLm + ?Sized>(
     model: &mut M,
     records: &[EvalRecord],
     plan: &EvalPlan,
+    info: RunInfo,
+) -> Result<Report, Error> {
+    run_eval_with_pre(model, records, plan, info, None)
+}
+
+/// As [`run_eval`], reusing pre-edit results of the same records (e.g. from an earlier report of
+/// another method on the same model, slice, prefixes and metric settings: the caller checks
+/// that) instead of evaluating the unedited model again.
+///
+/// # Errors
+/// As [`run_eval`]; [`Error::Input`] when `pre` does not cover exactly these records.
+pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
+    model: &mut M,
+    records: &[EvalRecord],
+    plan: &EvalPlan,
     mut info: RunInfo,
+    pre: Option<Vec<RecordEval>>,
 ) -> Result<Report, Error> {
     if records.is_empty() {
         return Err(Error::Input("no records to evaluate".into()));
@@ -106,8 +122,26 @@ pub fn run_eval<M: EditableLm + ?Sized>(
     };
     lap("context prefixes", &mut t);
 
-    let pre = evaluate(&*model, records, &prefixes, &plan.eval, None).map_err(input)?;
-    lap("evaluate (pre)", &mut t);
+    let pre = match pre {
+        Some(p) => {
+            let same = p.len() == records.len()
+                && p.iter()
+                    .zip(records)
+                    .all(|(e, r)| e.case_id == r.rewrite.case_id && e.subject == r.rewrite.subject);
+            if !same {
+                return Err(Error::Input(
+                    "the pre-edit results given are for other records".into(),
+                ));
+            }
+            lap("evaluate (pre): reused", &mut t);
+            p
+        }
+        None => {
+            let p = evaluate(&*model, records, &prefixes, &plan.eval, None).map_err(input)?;
+            lap("evaluate (pre)", &mut t);
+            p
+        }
+    };
 
     let result = edit_and_evaluate(model, records, &facts, plan, &prefixes, &pre);
     model.restore();

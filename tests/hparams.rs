@@ -48,7 +48,10 @@ fn every_file_checks_and_fits_its_model() {
         let hp = read(rel);
         hp.residual.check().unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert!(hp.layers.iter().all(|&l| l < n_layers), "{rel}");
-        let v_loss = hp.residual.v_loss_layer.expect("7B files name v_loss_layer");
+        let v_loss = hp
+            .residual
+            .v_loss_layer
+            .expect("7B files name v_loss_layer");
         assert_eq!(v_loss, n_layers - 1, "{rel}");
         // The values ALGORITHM.md §3 / REFERENCE-NOTES §5 give.
         let lambda0 = match &hp.mom2_update_weight {
@@ -69,5 +72,8 @@ fn every_file_checks_and_fits_its_model() {
     }
     // A field of the wrong type is an error naming it.
     let err = EditHparams::from_json(r#"{"layers": "3,4"}"#).unwrap_err();
-    assert!(err.to_string().contains("layers") || err.to_string().contains("sequence"), "{err}");
+    assert!(
+        err.to_string().contains("layers") || err.to_string().contains("sequence"),
+        "{err}"
+    );
 }

@@ -3,8 +3,9 @@
 use crate::common::{cache_dir, corpus, hparams, load_model, read_records, resolve_model};
 use anyhow::{bail, Result};
 use eamet::eval::metrics::EvalConfig;
+use eamet::eval::report::Report;
 use eamet::eval::report::RunInfo;
-use eamet::evaluation::{run_eval, EvalPlan, EvalSchedule};
+use eamet::evaluation::{run_eval_with_pre, EvalPlan, EvalSchedule};
 use eamet::hooks::EditableLm;
 use eamet::{EditOptions, Method};
 use std::collections::BTreeMap;
@@ -26,6 +27,8 @@ pub struct EvalArgs {
     pub no_fluency: bool,
     pub no_robustness: bool,
     pub run_dir: Option<PathBuf>,
+    pub same_subject: bool,
+    pub pre_from: Option<PathBuf>,
     pub json: bool,
 }
 
@@ -68,7 +71,28 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.report.display()
         );
     }
-    let (records, dataset, format) = read_records(Some(&a.dataset), a.offset, Some(a.n))?;
+    let (records, dataset, format) = if a.same_subject {
+        // The "several facts per subject" suite: every record whose subject occurs in another
+        // record of the file, grouped by subject; --offset/--n then count within that list.
+        let (all, dataset, format) = read_records(Some(&a.dataset), 0, None)?;
+        let picked: Vec<_> = eamet::eval::data::group_by_subject(&all)
+            .into_iter()
+            .flat_map(|(_, idx)| idx)
+            .skip(a.offset)
+            .take(a.n)
+            .map(|i| all[i].clone())
+            .collect();
+        if picked.is_empty() {
+            bail!("{dataset}: no subject occurs in two records (in the range asked for)");
+        }
+        (
+            picked,
+            format!("{dataset} (records sharing a subject)"),
+            format,
+        )
+    } else {
+        read_records(Some(&a.dataset), a.offset, Some(a.n))?
+    };
     let facts: Vec<_> = records.iter().map(|r| r.rewrite.to_fact()).collect();
     eamet::optim::validate_facts(&facts)?;
     let corpus = corpus(&a.corpus)?;
@@ -94,7 +118,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .docs
         }
     };
-    let mut eval = EvalConfig::default();
+    let mut eval = EvalConfig {
+        progress: !a.json,
+        ..Default::default()
+    };
     if a.no_fluency {
         eval.fluency_tokens = 0;
     }
@@ -169,7 +196,41 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.dataset.display()
         );
     }
-    let report = run_eval(&mut model, &records, &plan, info)?;
+    let pre = match &a.pre_from {
+        None => None,
+        Some(dir) => {
+            let f = dir.join("report.json");
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| anyhow::anyhow!("--pre-from {}: {e}", f.display()))?;
+            let old: Report = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--pre-from {}: {e}", f.display()))?;
+            let i = &old.info;
+            let mut diffs = Vec::new();
+            if i.model_sha256 != info.model_sha256 {
+                diffs.push("model");
+            }
+            if i.dataset != info.dataset || i.offset != info.offset || i.n != info.n {
+                diffs.push("dataset slice");
+            }
+            if i.seed != a.seed {
+                diffs.push("seed");
+            }
+            let mut cmp = plan.eval.clone();
+            cmp.progress = false;
+            if i.eval_config != cmp {
+                diffs.push("metric settings");
+            }
+            if !diffs.is_empty() {
+                bail!(
+                    "--pre-from {}: its pre-edit results differ in {}",
+                    f.display(),
+                    diffs.join(", ")
+                );
+            }
+            Some(old.records.into_iter().map(|(pre, _)| pre).collect())
+        }
+    };
+    let report = run_eval_with_pre(&mut model, &records, &plan, info, pre)?;
     let written = report.write(&a.report)?;
     if a.json {
         println!(

@@ -143,6 +143,14 @@ enum Command {
         /// Run directory for the residuals (resumable).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// Robustness suite "several facts per subject": only records whose subject occurs in
+        /// another record of the file, edited together (--offset/--n count within them).
+        #[arg(long)]
+        same_subject: bool,
+        /// Reuse the pre-edit results of an earlier report directory (same model, records, seed
+        /// and metric settings; checked) instead of evaluating the unedited model again.
+        #[arg(long)]
+        pre_from: Option<PathBuf>,
         /// Print a JSON summary instead of the markdown table.
         #[arg(long)]
         json: bool,
@@ -368,6 +376,8 @@ fn main() -> ExitCode {
             no_fluency,
             no_robustness,
             run_dir,
+            same_subject,
+            pre_from,
             json,
         } => eval::run(eval::EvalArgs {
             model,
@@ -384,6 +394,8 @@ fn main() -> ExitCode {
             no_fluency,
             no_robustness,
             run_dir,
+            same_subject,
+            pre_from,
             json,
         }),
         Command::Stats {

@@ -163,6 +163,14 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
     );
     fails_with(
         eamet()
+            .args(["eval", "--same-subject", "--dataset"])
+            .arg(fixture("counterfact_rome_3.json"))
+            .arg("--report")
+            .arg(d.join("r")),
+        "no subject occurs in two records",
+    );
+    fails_with(
+        eamet()
             .args(["stats", "--shard", "3/2", "--out"])
             .arg(d.join("shards")),
         "shard",

@@ -126,6 +126,20 @@ pub fn teacher_forced<M: EditableLm + ?Sized>(
     requests: &[ScoreRequest],
     batch_size: usize,
 ) -> Result<Vec<TargetScore>> {
+    teacher_forced_with(
+        model,
+        requests,
+        batch_size,
+        &indicatif::ProgressBar::hidden(),
+    )
+}
+
+fn teacher_forced_with<M: EditableLm + ?Sized>(
+    model: &M,
+    requests: &[ScoreRequest],
+    batch_size: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<TargetScore>> {
     let tok = model.tokenizer();
     let mut rows = Vec::with_capacity(requests.len());
     for (i, r) in requests.iter().enumerate() {
@@ -143,8 +157,9 @@ pub fn teacher_forced<M: EditableLm + ?Sized>(
         rows.push((p, t));
     }
     let _g = tch::no_grad_guard();
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(batch_size.max(1)) {
+    let mut out: Vec<Option<TargetScore>> = vec![None; rows.len()];
+    for idx in length_batches(&rows, |(p, t)| p.len() + t.len(), batch_size) {
+        let chunk: Vec<&(Vec<u32>, Vec<u32>)> = idx.iter().map(|&i| &rows[i]).collect();
         let seqs: Vec<Vec<u32>> = chunk
             .iter()
             .map(|(p, t)| {
@@ -179,18 +194,43 @@ pub fn teacher_forced<M: EditableLm + ?Sized>(
         let picked = Vec::<f32>::try_from(picked.to_kind(Kind::Float).to_device(tch::Device::Cpu))?;
         let hits = Vec::<bool>::try_from(hits.to_device(tch::Device::Cpu))?;
         let mut k = 0;
-        for (_, t) in chunk {
+        for (&i, (_, t)) in idx.iter().zip(&chunk) {
             let n = t.len();
             let h = hits[k..k + n].iter().filter(|&&b| b).count();
-            out.push(TargetScore {
+            out[i] = Some(TargetScore {
                 token_logprobs: picked[k..k + n].to_vec(),
                 exact: h == n,
                 argmax_hits: h,
             });
             k += n;
         }
+        bar.inc(chunk.len() as u64);
     }
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Tokens per forward pass at most (rows × longest row), so long prompts get small batches.
+const TOKEN_BUDGET: usize = 8192;
+
+/// Batches of item indices, sorted by length so that a batch pads little: at most `max_rows`
+/// rows and [`TOKEN_BUDGET`] padded tokens each (a single longer row still gets a batch).
+fn length_batches<T>(items: &[T], len: impl Fn(&T) -> usize, max_rows: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| len(&items[i]));
+    let mut batches = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for i in order {
+        let l = len(&items[i]);
+        // Sorted ascending: this row is the longest of the batch if it joins.
+        if !cur.is_empty() && (cur.len() >= max_rows.max(1) || (cur.len() + 1) * l > TOKEN_BUDGET) {
+            batches.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches
 }
 
 /// A greedy continuation.
@@ -212,23 +252,41 @@ pub fn greedy<M: EditableLm + ?Sized>(
     max_new: usize,
     batch_size: usize,
 ) -> Result<Vec<Continuation>> {
+    greedy_with(
+        model,
+        prompts,
+        max_new,
+        batch_size,
+        &indicatif::ProgressBar::hidden(),
+    )
+}
+
+fn greedy_with<M: EditableLm + ?Sized>(
+    model: &M,
+    prompts: &[String],
+    max_new: usize,
+    batch_size: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<Continuation>> {
     let tok = model.tokenizer();
     let stop: Vec<u32> = tok.eos_id.into_iter().collect();
-    let mut out = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch_size.max(1)) {
-        let ids = chunk
-            .iter()
-            .map(|p| tok.encode(p))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        for g in model.generate(&ids, max_new, &stop)? {
+    let all = prompts
+        .iter()
+        .map(|p| tok.encode(p))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut out: Vec<Option<Continuation>> = vec![None; prompts.len()];
+    for idx in length_batches(&all, |ids| ids.len() + max_new, batch_size) {
+        let ids: Vec<Vec<u32>> = idx.iter().map(|&i| all[i].clone()).collect();
+        for (&i, g) in idx.iter().zip(model.generate(&ids, max_new, &stop)?) {
             let text = tok.decode(&g.tokens)?;
-            out.push(Continuation {
+            out[i] = Some(Continuation {
                 ids: g.tokens,
                 text,
             });
         }
+        bar.inc(idx.len() as u64);
     }
-    Ok(out)
+    Ok(out.into_iter().flatten().collect())
 }
 
 /// Context prefixes for the prefixed and robustness prompts: for each length `n`, `count`
@@ -363,6 +421,9 @@ pub struct EvalConfig {
     pub prefixed_neighbourhood: bool,
     /// Case-insensitive lenient matching.
     pub lenient_case_insensitive: bool,
+    /// Show progress bars on stderr (prompts scored / generated).
+    #[serde(skip)]
+    pub progress: bool,
 }
 
 impl Default for EvalConfig {
@@ -376,6 +437,7 @@ impl Default for EvalConfig {
             robustness_lens: vec![5, 50, 200],
             prefixed_neighbourhood: true,
             lenient_case_insensitive: false,
+            progress: false,
         }
     }
 }
@@ -666,12 +728,38 @@ pub fn evaluate<M: EditableLm + ?Sized>(
     }
 
     // 2. Run them, batched.
-    let scores = teacher_forced(model, &reqs, cfg.batch_size)?;
-    let gens = greedy(model, &gen_prompts, cfg.lenient_tokens, cfg.batch_size)?;
+    let bar = |n: usize, what: &str| {
+        if !cfg.progress {
+            return indicatif::ProgressBar::hidden();
+        }
+        let b = indicatif::ProgressBar::new(n as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg:>16} [{bar:30}] {pos}/{len} eta {eta}")
+        {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b.set_message(what.to_string());
+        b
+    };
+    let b = bar(reqs.len(), "scored prompts");
+    let scores = teacher_forced_with(model, &reqs, cfg.batch_size, &b)?;
+    b.finish_and_clear();
+    let b = bar(gen_prompts.len(), "continuations");
+    let gens = greedy_with(model, &gen_prompts, cfg.lenient_tokens, cfg.batch_size, &b)?;
+    b.finish_and_clear();
     let fl_gens = if fluency_prompts.is_empty() {
         Vec::new()
     } else {
-        greedy(model, &fluency_prompts, cfg.fluency_tokens, cfg.batch_size)?
+        let b = bar(fluency_prompts.len(), "fluency texts");
+        let g = greedy_with(
+            model,
+            &fluency_prompts,
+            cfg.fluency_tokens,
+            cfg.batch_size,
+            &b,
+        )?;
+        b.finish_and_clear();
+        g
     };
 
     // 3. Distribute.

@@ -12,7 +12,10 @@ use eamet_hooks::{EditableLm, LlamaModel};
 fn model() -> Option<LlamaModel> {
     let path = eamet_hooks::paths::default_model()?;
     if !path.exists() {
-        eprintln!("skipped: {} missing; run `cargo xtask setup`", path.display());
+        eprintln!(
+            "skipped: {} missing; run `cargo xtask setup`",
+            path.display()
+        );
         return None;
     }
     Some(LlamaModel::from_gguf(&path, Device::Cpu).unwrap())
@@ -21,10 +24,8 @@ fn model() -> Option<LlamaModel> {
 #[test]
 fn teacher_forcing_matches_transformers_and_greedy_decoding() {
     let Some(m) = model() else { return };
-    let golden: serde_json::Value = serde_json::from_str(include_str!(
-        "golden/metrics_smollm2.json"
-    ))
-    .unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(include_str!("golden/metrics_smollm2.json")).unwrap();
     let cases = golden["cases"].as_array().unwrap();
     let reqs: Vec<ScoreRequest> = cases
         .iter()
@@ -40,7 +41,10 @@ fn teacher_forcing_matches_transformers_and_greedy_decoding() {
     let mut exact = 0;
     for ((c, s), g) in cases.iter().zip(&scores).zip(&gens) {
         let t: Vec<u32> = serde_json::from_value(c["target_ids"].clone()).unwrap();
-        assert_eq!(target_ids(m.tokenizer(), c["target"].as_str().unwrap()).unwrap(), t);
+        assert_eq!(
+            target_ids(m.tokenizer(), c["target"].as_str().unwrap()).unwrap(),
+            t
+        );
         let want: Vec<f64> = serde_json::from_value(c["token_logprobs"].clone()).unwrap();
         assert_eq!(s.token_logprobs.len(), want.len());
         for (a, b) in s.token_logprobs.iter().zip(&want) {
@@ -109,7 +113,10 @@ fn unedited_model_twice_is_unchanged_and_strict_matches_the_edit_prompt() {
             1,
         )
         .unwrap();
-        assert_eq!(e.metrics["strict.efficacy"], f64::from(u8::from(s[0].exact)));
+        assert_eq!(
+            e.metrics["strict.efficacy"],
+            f64::from(u8::from(s[0].exact))
+        );
         assert!(e.metrics.contains_key("strict.efficacy_prefixed"));
         assert!(e.metrics.contains_key("robust.efficacy_prefix20"));
         assert_eq!(
