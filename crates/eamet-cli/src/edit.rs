@@ -23,23 +23,11 @@ pub struct EditArgs {
 }
 
 fn first_words(model: &LlamaModel, facts: &[Fact]) -> Result<Vec<String>> {
-    let tok = model.tokenizer();
-    let ids = facts
-        .iter()
-        .map(|f| tok.encode(&f.filled_prompt()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let stop: Vec<u32> = tok.eos_id.into_iter().collect();
-    model
-        .generate(&ids, 5, &stop)?
-        .iter()
-        .map(|g| {
-            Ok(tok
-                .decode(&g.tokens)?
-                .replace('\n', " ")
-                .trim_end()
-                .to_string())
-        })
-        .collect()
+    let prompts: Vec<String> = facts.iter().map(Fact::filled_prompt).collect();
+    Ok(eamet::eval::metrics::greedy(model, &prompts, 5, 32)?
+        .into_iter()
+        .map(|c| c.text.replace('\n', " ").trim_end().to_string())
+        .collect())
 }
 
 pub fn run(a: EditArgs) -> Result<()> {

@@ -3,7 +3,7 @@
 use crate::common::{load_model, resolve_model};
 use anyhow::{bail, Result};
 use eamet::hooks::patch::Patch;
-use eamet::hooks::{EditableLm, LlamaModel};
+use eamet::hooks::LlamaModel;
 use std::path::PathBuf;
 
 /// Arguments of `eamet apply-patch`.
@@ -16,17 +16,10 @@ pub struct PatchArgs {
 }
 
 fn complete(model: &LlamaModel, prompts: &[String], max_new: usize) -> Result<Vec<String>> {
-    let tok = model.tokenizer();
-    let ids = prompts
-        .iter()
-        .map(|p| tok.encode(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let stop: Vec<u32> = tok.eos_id.into_iter().collect();
-    model
-        .generate(&ids, max_new, &stop)?
-        .iter()
-        .map(|g| Ok(tok.decode(&g.tokens)?))
-        .collect()
+    Ok(eamet::eval::metrics::greedy(model, prompts, max_new, 32)?
+        .into_iter()
+        .map(|c| c.text)
+        .collect())
 }
 
 pub fn run(a: PatchArgs) -> Result<()> {

@@ -104,16 +104,7 @@ impl TargetScore {
 /// Token ids of `" " + target` (no extra space when it already starts with whitespace, no BOS),
 /// the tokenization every editing method and metric here uses.
 pub fn target_ids(tok: &eamet_hooks::tokenizer::Tokenizer, target: &str) -> Result<Vec<u32>> {
-    let text = if target.starts_with(char::is_whitespace) {
-        target.to_string()
-    } else {
-        format!(" {target}")
-    };
-    let enc = tok
-        .inner()
-        .encode(text.as_str(), false)
-        .map_err(|e| MetricsError::Input(format!("tokenizer: {e}")))?;
-    Ok(enc.get_ids().to_vec())
+    eamet_optim::target_ids(tok, target).map_err(|e| MetricsError::Input(format!("tokenizer: {e}")))
 }
 
 /// Teacher-forced scores of `requests`, `batch_size` rows per forward pass.

@@ -179,8 +179,12 @@ fn fill(template: &str, prompt: &str, subject: &str) -> (String, usize) {
 }
 
 /// Tokenizes the target as the reference does: `" " + target_new` (no extra space when it
-/// already starts with whitespace), without BOS.
-pub(crate) fn target_ids(tok: &Tokenizer, target: &str) -> std::result::Result<Vec<u32>, String> {
+/// already starts with whitespace), without BOS. The one tokenization of objects that the
+/// optimizer and the metrics (`eamet-eval`) share.
+///
+/// # Errors
+/// The tokenizer's message.
+pub fn target_ids(tok: &Tokenizer, target: &str) -> std::result::Result<Vec<u32>, String> {
     let text = if target.starts_with(char::is_whitespace) {
         target.to_string()
     } else {

@@ -31,7 +31,7 @@ mod prefixes;
 mod rundir;
 
 pub use error::{FactProblem, OptimError, Result};
-pub use fact::{prepare_facts, validate_facts, Fact, PreparedFact};
+pub use fact::{prepare_facts, target_ids, validate_facts, Fact, PreparedFact};
 pub use hparams::{
     AlignmentSchedule, CheckedResidualHparams, DeltaInit, EssenceReference, ResidualHparams,
     WeightDecayMethod,
