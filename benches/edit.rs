@@ -1,18 +1,24 @@
-//! Whole-edit benchmark on SmolLM2-135M (issue 5): N CounterFact facts (default 32) edited with
-//! EAMET and with MEMIT, time per phase and per fact, and the residual optimizer's cost per Adam
-//! step next to one reference-style step (full forward + backward) in PyTorch + transformers,
-//! run in the same invocation on the same machine, threads, model and prompts.
+//! Whole-edit benchmark on SmolLM2-135M: N CounterFact facts (default 32) edited with MEMIT and
+//! EAMET one fact at a time and batched / blocked, each variant's time per phase, per fact and
+//! per Adam step, strict efficacy of the edit prompts after the edit and Σ A(i), and the
+//! residual optimizer's cost per Adam step next to one reference-style step (full forward +
+//! backward) in PyTorch + transformers, all in one invocation on the same machine, threads,
+//! model and prompts.
 //!
 //! Run: `cargo bench --bench edit` (release). Environment: `EAMET_BENCH_N` (32),
-//! `EAMET_DATA_DIR` (CounterFact ROME file; falls back to the bundled demo facts),
-//! `EAMET_BENCH_PYTHON` (default `$EAMET_HOME/pyenv/bin/python`, made by `cargo xtask pyenv`),
-//! `BENCH_REPS` (7). The statistics phase uses the per-user cache; the first run fills it.
+//! `EAMET_BENCH_VARIANTS` (default `memit:1,memit:16,eamet:1,eamet:8,eamet:16,eamet:32`:
+//! method:facts per pass), `EAMET_DATA_DIR` (CounterFact ROME file; falls back to the bundled
+//! demo facts), `EAMET_BENCH_PYTHON` (default `$EAMET_HOME/pyenv/bin/python`, made by
+//! `cargo xtask pyenv`), `BENCH_REPS` (7), `EAMET_BENCH_OUT` (JSON lines, one per variant as it
+//! finishes; default `target/bench-edit.jsonl`). The statistics phase uses the per-user cache;
+//! the first run fills it.
 
 use eamet::eval::data::{load, LoadOptions};
 use eamet::hooks::tch::Device;
 use eamet::hooks::{EditableLm, LlamaModel};
-use eamet::optim::{prepare_facts, ContextPrefixes};
+use eamet::optim::{prepare_facts, target_ids, ContextPrefixes};
 use eamet::{EditHparams, EditOptions, EditOutcome, Editor, Fact, Method};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -61,6 +67,45 @@ fn phase(out: &EditOutcome, name: &str) -> f64 {
         .sum()
 }
 
+/// Share of facts whose greedy continuation of the bare edit prompt starts with exactly the
+/// new object's tokens (strict efficacy, ALGORITHM.md §7).
+fn strict_efficacy(model: &LlamaModel, facts: &[Fact]) -> f64 {
+    let prompts: Vec<String> = facts.iter().map(Fact::filled_prompt).collect();
+    let targets: Vec<Vec<u32>> = facts
+        .iter()
+        .map(|f| target_ids(model.tokenizer(), &f.target_new).expect("target tokenizes"))
+        .collect();
+    let longest = targets.iter().map(Vec::len).max().unwrap_or(1);
+    let got = eamet::eval::metrics::greedy(model, &prompts, longest, 32).expect("greedy");
+    let hits = got
+        .iter()
+        .zip(&targets)
+        .filter(|(c, t)| c.ids.len() >= t.len() && c.ids[..t.len()] == t[..])
+        .count();
+    hits as f64 / facts.len() as f64
+}
+
+struct Row {
+    label: String,
+    out: EditOutcome,
+    efficacy: f64,
+    total: f64,
+}
+
+fn variants() -> Vec<(Method, usize)> {
+    let spec = std::env::var("EAMET_BENCH_VARIANTS")
+        .unwrap_or_else(|_| "memit:1,memit:16,eamet:1,eamet:8,eamet:16,eamet:32".into());
+    spec.split(',')
+        .map(|v| {
+            let (m, b) = v.split_once(':').expect("method:facts-per-pass");
+            (
+                Method::parse(m.trim()).expect("method"),
+                b.trim().parse().expect("facts per pass"),
+            )
+        })
+        .collect()
+}
+
 fn main() {
     let n: usize = std::env::var("EAMET_BENCH_N")
         .ok()
@@ -70,20 +115,69 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(7);
+    let out_path = std::env::var("EAMET_BENCH_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-edit.jsonl").to_string()
+    });
     let path = eamet::hooks::paths::default_model().expect("model path");
     assert!(path.exists(), "run `cargo xtask setup` first");
     let mut model = LlamaModel::from_gguf(&path, Device::Cpu).unwrap();
     let (facts, source) = facts(n);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
 
-    let mut rows = Vec::new();
-    for method in [Method::Eamet, Method::Memit] {
-        let hp = EditHparams::smollm2(method);
-        let out = Editor::new(&mut model, method, hp, EditOptions::default())
+    let mut rows: Vec<Row> = Vec::new();
+    for (method, block) in variants() {
+        let mut hp = EditHparams::smollm2(method);
+        hp.block = block;
+        let schedule = method.schedule(&hp);
+        let label = format!(
+            "{} {}",
+            method.name(),
+            eamet::evaluation::describe_residual_schedule(schedule)
+        );
+        eprintln!("== {label}, {} facts", facts.len());
+        let opts = EditOptions {
+            progress: true,
+            ..Default::default()
+        };
+        let out = Editor::new(&mut model, method, hp, opts)
             .unwrap()
             .edit(&facts)
             .unwrap();
+        let efficacy = strict_efficacy(&model, &facts);
         model.restore();
-        rows.push(out);
+        let total = out.timings.iter().map(|(_, s)| s).sum::<f64>();
+        let steps: usize = out.residuals.stats.iter().map(|s| s.steps).sum();
+        let line = serde_json::json!({
+            "label": label, "method": method.name(), "block": block, "n": facts.len(),
+            "source": source, "cpu": cpu, "threads": eamet::hooks::tch::get_num_threads(),
+            "timings": out.timings, "steps": steps, "strict_efficacy": efficacy,
+            "misalignment_total": out.misalignment_total,
+            "written_misalignment_total": out.written_misalignment_total,
+            "converged": out.residuals.stats.iter().filter(|s| s.final_nll < 0.5).count(),
+            "profile": out.residuals.profile,
+        });
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out_path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+        eprintln!("{line}");
+        rows.push(Row {
+            label,
+            out,
+            efficacy,
+            total,
+        });
     }
 
     // One reference-style step on the first fact's real prompts.
@@ -129,84 +223,81 @@ fn main() {
     let torch_step = base.as_ref().and_then(|b| b["step"].as_f64());
 
     println!(
-        "\nSmolLM2-135M (f32, CPU, {} libtorch threads), {source}, layers {:?}, l_R = {l_r}\n",
+        "\nSmolLM2-135M (f32, CPU: {cpu}, {} libtorch threads), {source}, layers {:?}, l_R = {l_r}\n",
         eamet::hooks::tch::get_num_threads(),
         hp.layers
     );
-    println!("| phase | EAMET | MEMIT |");
-    println!("|---|---|---|");
-    let phases = [
-        "prefixes",
-        "keys",
-        "residuals",
-        "statistics",
-        "solve",
-        "misalignment",
-    ];
-    for name in phases {
+    println!("| variant | residuals | per fact | Adam steps | per step | speed-up per fact | whole edit | strict efficacy | Σ A(i) optimized / written | converged (NLL < 0.5) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let nf = facts.len() as f64;
+    for r in &rows {
+        let res = phase(&r.out, "residuals");
+        let steps: usize = r.out.residuals.stats.iter().map(|s| s.steps).sum();
+        // Against the one-at-a-time row of the same method in this run.
+        let base = rows
+            .iter()
+            .find(|b| b.out.method == r.out.method && b.out.schedule.width() == 1);
+        let speedup = base
+            .map(|b| format!("{:.2}x", phase(&b.out, "residuals") / res))
+            .unwrap_or_else(|| "-".into());
         println!(
-            "| {name} | {:.2} s | {:.2} s |",
-            phase(&rows[0], name),
-            phase(&rows[1], name)
+            "| {} | {:.1} s | {:.2} s | {} | {:.1} ms | {} | {:.1} s | {:.3} | {:.3} / {:.3} | {}/{} |",
+            r.label,
+            res,
+            res / nf,
+            steps,
+            res / steps.max(1) as f64 * 1e3,
+            speedup,
+            r.total,
+            r.efficacy,
+            r.out.misalignment_total,
+            r.out.written_misalignment_total,
+            r.out.residuals.stats.iter().filter(|s| s.final_nll < 0.5).count(),
+            facts.len()
         );
     }
-    let total = |o: &EditOutcome| o.timings.iter().map(|(_, s)| s).sum::<f64>();
-    println!(
-        "| **whole edit of {} facts** | **{:.1} s** | **{:.1} s** |",
-        facts.len(),
-        total(&rows[0]),
-        total(&rows[1])
-    );
-    let per_fact = |o: &EditOutcome| phase(o, "residuals") / facts.len() as f64;
-    println!(
-        "| residual optimization per fact | {:.2} s | {:.2} s |",
-        per_fact(&rows[0]),
-        per_fact(&rows[1])
-    );
-    let steps = |o: &EditOutcome| o.residuals.stats.iter().map(|s| s.steps).sum::<usize>();
-    let per_step = |o: &EditOutcome| phase(o, "residuals") / steps(o).max(1) as f64;
-    println!(
-        "| Adam steps (all facts) | {} | {} |",
-        steps(&rows[0]),
-        steps(&rows[1])
-    );
-    println!(
-        "| optimizer time per step (incl. per-fact set-up) | {:.1} ms | {:.1} ms |",
-        per_step(&rows[0]) * 1e3,
-        per_step(&rows[1]) * 1e3
-    );
-    let seq = &rows[0].residuals.stats;
-    let k = (seq.len() / 4).max(1);
-    let mean =
-        |s: &[eamet::optim::FactStats]| s.iter().map(|f| f.seconds).sum::<f64>() / s.len() as f64;
-    println!(
-        "| EAMET seconds per fact, first {k} vs last {k} facts | {:.2} s vs {:.2} s | - |",
-        mean(&seq[..k]),
-        mean(&seq[seq.len() - k..])
-    );
+    println!("\nphases (s):");
+    for r in &rows {
+        let parts: Vec<String> = r
+            .out
+            .timings
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.1}"))
+            .collect();
+        let prof: Vec<String> = r
+            .out
+            .residuals
+            .profile
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.1}"))
+            .collect();
+        println!(
+            "- {}: {}; inside residuals: {}",
+            r.label,
+            parts.join(", "),
+            prof.join(", ")
+        );
+    }
     match (torch_step, base.as_ref()) {
         (Some(t), Some(b)) => {
             println!(
-                "| PyTorch reference-style step ({} rows, width {}, torch {}) | {:.1} ms | - |",
+                "\nPyTorch reference-style step ({} rows, width {}, torch {}): {:.1} ms, same run",
                 b["rows"],
                 b["width"],
                 b["torch"].as_str().unwrap_or("?"),
                 t * 1e3
             );
-            println!(
-                "| **speed-up per step vs PyTorch** | **{:.2}x** | **{:.2}x** |",
-                t / per_step(&rows[0]),
-                t / per_step(&rows[1])
-            );
+            for r in &rows {
+                let res = phase(&r.out, "residuals");
+                let steps: usize = r.out.residuals.stats.iter().map(|s| s.steps).sum();
+                println!(
+                    "- {}: per fact-step {:.1} ms, {:.2}x faster than PyTorch's step",
+                    r.label,
+                    res / steps.max(1) as f64 * 1e3,
+                    t / (res / steps.max(1) as f64)
+                );
+            }
         }
-        _ => println!("| PyTorch baseline | skipped (run `cargo xtask pyenv`) | - |"),
+        _ => println!("\nPyTorch baseline: skipped (run `cargo xtask pyenv`)"),
     }
-    println!(
-        "\nmisalignment total (optimized residuals): EAMET {:.2}, MEMIT {:.2} (ratio {:.3}); written: EAMET {:.2}, MEMIT {:.2}",
-        rows[0].misalignment_total,
-        rows[1].misalignment_total,
-        rows[0].misalignment_total / rows[1].misalignment_total,
-        rows[0].written_misalignment_total,
-        rows[1].written_misalignment_total
-    );
 }

@@ -8,10 +8,10 @@ use eamet_hooks::tch::{Device, Kind, Tensor};
 use eamet_hooks::{Batch, Capture, EditableLm, Padding, Plan, Site};
 use eamet_optim::{
     compute_keys, optimize_residuals, prepare_facts, validate_facts, AlignmentSchedule,
-    ContextPrefixes, Fact, PrefixSpec, PreparedFact, ResidualHparams, Residuals, RunOptions,
-    Schedule,
+    ContextPrefixes, Fact, LossTerm, Objective, PrefixSpec, PreparedFact, ResidualHparams,
+    Residuals, RunOptions, Schedule,
 };
-use eamet_solve::{AlphaEditSolver, AlphaEditState, MemitSolver, UpdateSolver};
+use eamet_solve::{AlphaEditSolver, MemitSolver, UpdateSolver};
 use ndarray::{Array2, Axis};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -47,9 +47,56 @@ impl Method {
         })
     }
 
-    fn aligned(self) -> bool {
+    /// Whether the method's residuals are aligned (EAMET's objective and an aligned schedule).
+    pub fn aligned(self) -> bool {
         matches!(self, Method::Eamet | Method::AlphaEditAligned)
     }
+
+    /// The method's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Memit => "memit",
+            Method::Eamet => "eamet",
+            Method::AlphaEdit => "alphaedit",
+            Method::AlphaEditAligned => "alphaedit-aligned",
+        }
+    }
+
+    /// The residual schedule of the preset: `hp.block` facts per pass, independent
+    /// ([`Schedule::Batched`]) or aligned ([`Schedule::Blocked`]).
+    pub fn schedule(self, hp: &EditHparams) -> Schedule {
+        Schedule::with_width(self.aligned(), hp.block)
+    }
+
+    /// The objective of the preset: the terms `hp` asks for ([`Objective::from_hparams`]).
+    ///
+    /// # Errors
+    /// [`Error::Optim`] if the residual hyperparameters are invalid.
+    pub fn objective(self, hp: &EditHparams) -> Result<Objective, Error> {
+        Ok(Objective::from_hparams(&hp.residual.check()?))
+    }
+
+    /// The per-layer solvers of the preset, one per edited layer: MEMIT's normal equation with
+    /// that layer's λ, or AlphaEdit's null-space solver (fresh state).
+    ///
+    /// # Errors
+    /// [`Error::Solve`] for an invalid λ, threshold or `L2`.
+    pub fn solvers(self, hp: &EditHparams) -> Result<Vec<Box<dyn UpdateSolver>>, Error> {
+        (0..hp.layers.len())
+            .map(|idx| -> Result<Box<dyn UpdateSolver>, Error> {
+                Ok(match self {
+                    Method::Memit | Method::Eamet => Box::new(MemitSolver::new(hp.lambda(idx))?),
+                    Method::AlphaEdit | Method::AlphaEditAligned => {
+                        Box::new(AlphaEditSolver::new(hp.nullspace_threshold, hp.l2)?)
+                    }
+                })
+            })
+            .collect()
+    }
+}
+
+fn default_block() -> usize {
+    1
 }
 
 /// `mom2_update_weight`: one λ for every layer (MEMIT's files) or one per layer (EAMET's).
@@ -61,6 +108,10 @@ pub enum LayerWeights {
     /// One λ per edited layer.
     PerLayer(Vec<f64>),
 }
+
+/// Facts per optimizer pass in the SmolLM2 presets (see [`EditHparams::block`]), chosen by
+/// measurement (docs/benchmarks.md).
+pub const SMOLLM2_BLOCK: usize = 16;
 
 /// Hyperparameters of an edit; accepts the reference hparams files' field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +132,12 @@ pub struct EditHparams {
     pub mom2_max_tokens: usize,
     /// How the context prefixes are sampled.
     pub prefixes: PrefixSpec,
+    /// Facts per optimizer pass: the batch size of independent methods (MEMIT, AlphaEdit;
+    /// the results equal one-at-a-time optimization up to float rounding) and the block size
+    /// of aligned ones (EAMET, AlphaEdit-aligned; [`Schedule::Blocked`]). 1 is the reference
+    /// schedule; a file without the field gets 1.
+    #[serde(default = "default_block")]
+    pub block: usize,
     /// The per-fact residual optimization.
     #[serde(flatten)]
     pub residual: ResidualHparams,
@@ -116,6 +173,7 @@ impl EditHparams {
             l2: 1.0,
             mom2_n_samples: 256,
             mom2_max_tokens: 64,
+            block: SMOLLM2_BLOCK,
             prefixes: if method.aligned() {
                 PrefixSpec::eamet()
             } else {
@@ -130,7 +188,8 @@ impl EditHparams {
         serde_json::from_str(text).map_err(|e| Error::Input(format!("hparams JSON: {e}")))
     }
 
-    fn lambda(&self, idx: usize) -> f64 {
+    /// λ of the `idx`-th edited layer.
+    pub fn lambda(&self, idx: usize) -> f64 {
         match &self.mom2_update_weight {
             LayerWeights::One(l) => *l,
             LayerWeights::PerLayer(v) => v[idx],
@@ -168,9 +227,10 @@ impl EditHparams {
         if self.mom2_n_samples == 0 || self.mom2_max_tokens == 0 {
             return bad("mom2_n_samples and mom2_max_tokens must be positive".into());
         }
-        self.residual
-            .check()
-            .map_err(|e| Error::Input(e.to_string()))?;
+        if self.block == 0 {
+            return bad("block must be at least 1".into());
+        }
+        self.residual.check()?;
         Ok(())
     }
 }
@@ -191,8 +251,12 @@ pub struct EditOptions {
 /// What an edit did.
 #[derive(Debug)]
 pub struct EditOutcome {
-    /// The method.
+    /// The preset the editor started from.
     pub method: Method,
+    /// The residual schedule used.
+    pub schedule: Schedule,
+    /// The objective's terms, described.
+    pub objective: Vec<String>,
     /// `(layer, Δ)` in key→residual orientation (`d_model × d_ff`), as applied.
     pub deltas: Vec<(usize, Array2<f32>)>,
     /// The optimized residuals and per-fact statistics.
@@ -220,11 +284,44 @@ pub struct EditOutcome {
     pub stats_cached: Vec<bool>,
 }
 
-/// Edits a model in place with one method and one set of hyperparameters.
+/// Edits a model in place. An edit composes three parts, each replaceable:
+/// - a residual [`Schedule`] (independent, batched, sequential or blocked);
+/// - an [`Objective`]: the loss terms of each fact's residual optimization (add any
+///   [`LossTerm`]);
+/// - one [`UpdateSolver`] per edited layer, which turns keys and residuals into `Δ`.
+///
+/// [`Editor::new`] builds the parts of a [`Method`] preset from the hyperparameters; the
+/// `with_*` methods swap them:
+///
+/// ```no_run
+/// use eamet::{EditHparams, EditOptions, Editor, Fact, Method};
+/// use eamet::optim::{Objective, PrefixNll};
+/// use eamet::solve::MemitSolver;
+/// # fn main() -> Result<(), eamet::Error> {
+/// let path = eamet::hooks::paths::default_model().expect("a cache directory");
+/// let mut model = eamet::hooks::LlamaModel::from_gguf(&path, eamet::hooks::tch::Device::Cpu)?;
+/// let hp = EditHparams::smollm2(Method::Memit);
+/// let solvers: Vec<Box<dyn eamet::solve::UpdateSolver>> = vec![
+///     Box::new(MemitSolver::new(50.0)?),
+///     Box::new(MemitSolver::new(200.0)?),
+/// ];
+/// let outcome = Editor::new(&mut model, Method::Memit, hp, EditOptions::default())?
+///     .with_objective(Objective::new().with(PrefixNll))
+///     .with_solvers(solvers)?
+///     .edit(&[Fact::new("Eiffel Tower", "The {} is located in", "Rome")])?;
+/// println!("{:?}", outcome.solves);
+/// # Ok(()) }
+/// ```
+///
+/// The solvers live as long as the editor: AlphaEdit's memory of earlier batches carries from
+/// one [`Editor::edit`] call to the next (sequential editing).
 pub struct Editor<'m, M: EditableLm + ?Sized> {
     model: &'m mut M,
     method: Method,
     hp: EditHparams,
+    schedule: Schedule,
+    objective: Objective,
+    solvers: Vec<Box<dyn UpdateSolver>>,
     opts: EditOptions,
 }
 
@@ -300,7 +397,13 @@ pub fn report_misalignment(
 }
 
 impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
-    /// Check the hyperparameters against the model.
+    /// An editor with the parts of the `method` preset ([`Method::schedule`],
+    /// [`Method::objective`], [`Method::solvers`]), after checking the hyperparameters
+    /// against the model.
+    ///
+    /// # Errors
+    /// [`Error::Input`] or [`Error::Optim`] for hyperparameters that do not fit the model;
+    /// [`Error::Solve`] for invalid solver parameters.
     pub fn new(
         model: &'m mut M,
         method: Method,
@@ -311,153 +414,126 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
         Ok(Editor {
             model,
             method,
+            schedule: method.schedule(&hp),
+            objective: method.objective(&hp)?,
+            solvers: method.solvers(&hp)?,
             hp,
             opts,
         })
     }
 
-    /// Edit all facts at once and apply the updates to the model (it stays edited; use
-    /// `EditableLm::restore` to undo). AlphaEdit methods start from an empty state; use
-    /// [`Editor::edit_sequential`] to carry one across batches.
-    pub fn edit(&mut self, facts: &[Fact]) -> Result<EditOutcome, Error> {
-        let mut states = Vec::new();
-        self.edit_sequential(facts, &mut states)
+    /// Replaces the residual schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
-    /// As [`Editor::edit`], with AlphaEdit's per-layer state (projector and accumulated keys of
-    /// earlier batches, one entry per edited layer) held by the caller; ignored by MEMIT/EAMET.
-    /// After the batch, its keys on the edited model are recorded in `states`.
-    pub fn edit_sequential(
-        &mut self,
-        facts: &[Fact],
-        states: &mut Vec<AlphaEditState>,
-    ) -> Result<EditOutcome, Error> {
-        states.resize_with(self.hp.layers.len(), AlphaEditState::new);
-        validate_facts(facts).map_err(|e| Error::Input(e.to_string()))?;
+    /// Replaces the objective.
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// Adds a term to the objective.
+    pub fn with_loss_term(mut self, term: impl LossTerm + 'static) -> Self {
+        self.objective = std::mem::take(&mut self.objective).with(term);
+        self
+    }
+
+    /// Replaces the solvers: one per edited layer, in the order of `hp.layers`.
+    ///
+    /// # Errors
+    /// [`Error::Input`] if the count differs from the number of edited layers.
+    pub fn with_solvers(mut self, solvers: Vec<Box<dyn UpdateSolver>>) -> Result<Self, Error> {
+        if solvers.len() != self.hp.layers.len() {
+            return Err(Error::Input(format!(
+                "{} solvers for {} edited layers {:?}",
+                solvers.len(),
+                self.hp.layers.len(),
+                self.hp.layers
+            )));
+        }
+        self.solvers = solvers;
+        Ok(self)
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, opts: EditOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Sets the options of later edits (e.g. a run directory per batch).
+    pub fn set_options(&mut self, opts: EditOptions) {
+        self.opts = opts;
+    }
+
+    /// The schedule.
+    pub fn schedule(&self) -> Schedule {
+        self.schedule
+    }
+
+    /// The objective.
+    pub fn objective(&self) -> &Objective {
+        &self.objective
+    }
+
+    /// The solvers, one per edited layer.
+    pub fn solvers(&self) -> &[Box<dyn UpdateSolver>] {
+        &self.solvers
+    }
+
+    /// The hyperparameters.
+    pub fn hparams(&self) -> &EditHparams {
+        &self.hp
+    }
+
+    /// The model (for example to evaluate it between sequential batches).
+    pub fn model(&self) -> &M {
+        self.model
+    }
+
+    /// Edit all facts at once and apply the updates to the model (it stays edited; use
+    /// `EditableLm::restore` to undo). Called again, the editor edits the already edited model
+    /// and its solvers remember earlier batches (AlphaEdit's `K_p`), which is sequential
+    /// editing.
+    ///
+    /// # Errors
+    /// [`Error::Optim`] for invalid facts or a failed optimization (naming the fact);
+    /// [`Error::Solve`] for a failed solve; model, statistics and I/O errors.
+    pub fn edit(&mut self, facts: &[Fact]) -> Result<EditOutcome, Error> {
+        validate_facts(facts)?;
         let mut timings = Vec::new();
         let mut t = Instant::now();
         let mut lap = |name: &str, t: &mut Instant| {
             timings.push((name.to_string(), t.elapsed().as_secs_f64()));
             *t = Instant::now();
         };
-        let model = &mut *self.model;
-        let hp = &self.hp;
-        let l_r = *hp.layers.last().expect("checked non-empty");
+        let l_r = *self.hp.layers.last().expect("checked non-empty");
         let cache_dir = self
             .opts
             .cache_dir
             .clone()
             .or_else(eamet_hooks::paths::cache_dir)
             .ok_or_else(|| Error::Input("no cache directory: set EAMET_HOME".into()))?;
-        let spec = hp.prefixes.clone();
-        let prefixes = match &self.opts.run_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| Error::Input(format!("{}: {e}", dir.display())))?;
-                ContextPrefixes::load_or_generate(&*model, &spec, &dir.join("prefixes.json"))
-            }
-            None => ContextPrefixes::generate(&*model, &spec),
-        }
-        .map_err(|e| Error::Input(e.to_string()))?;
-        let prepared = prepare_facts(model.tokenizer(), facts, &prefixes)
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let prepared = self.prepare(facts)?;
         lap("prefixes", &mut t);
-
-        let keys =
-            compute_keys(&*model, &prepared, l_r).map_err(|e| Error::Input(e.to_string()))?;
+        let keys = compute_keys(&*self.model, &prepared, l_r)?;
         lap("keys", &mut t);
-        let checked = hp
-            .residual
-            .check()
-            .map_err(|e| Error::Input(e.to_string()))?;
-        let schedule = if self.method.aligned() {
-            Schedule::Sequential
-        } else {
-            Schedule::Independent
-        };
-        let residuals = optimize_residuals(
-            &*model,
-            &prepared,
-            keys.view(),
-            l_r,
-            &checked,
-            schedule,
-            &RunOptions {
-                run_dir: self.opts.run_dir.as_deref(),
-                progress: self.opts.progress,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::Input(e.to_string()))?;
+        let residuals = self.optimize(&prepared, &keys, l_r)?;
         lap("residuals", &mut t);
-
-        let corpus = match &self.opts.corpus {
-            Some(c) => c.take(hp.mom2_n_samples),
-            None => generated_corpus(
-                &*model,
-                hp.mom2_n_samples,
-                hp.mom2_max_tokens,
-                &cache_dir,
-                self.opts.progress,
-            )?,
-        };
-        let stats_cfg = StatsConfig {
-            max_tokens: hp.mom2_max_tokens,
-            batch_size: 16,
-            progress: self.opts.progress,
-        };
-        let (stats, stats_cached) =
-            load_or_collect(&*model, &corpus, &hp.layers, &stats_cfg, &cache_dir)?;
+        let (stats, stats_cached) = self.key_stats(&cache_dir)?;
         lap("statistics", &mut t);
-
-        let z = residuals.targets();
-        let mut deltas = Vec::new();
-        let mut solves = Vec::new();
-        for (idx, &layer) in hp.layers.iter().enumerate() {
-            let k =
-                compute_keys(&*model, &prepared, layer).map_err(|e| Error::Input(e.to_string()))?;
-            let cur = bare_outputs(&*model, &prepared, l_r)?;
-            let remaining = (hp.layers.len() - idx) as f32;
-            let r = (&z - &cur) / remaining;
-            let k64 = k.mapv(f64::from);
-            let r64 = r.mapv(f64::from);
-            let update = match self.method {
-                Method::Memit | Method::Eamet => {
-                    MemitSolver::new(hp.lambda(idx))?.solve(k64.view(), r64.view(), &stats[idx])?
-                }
-                Method::AlphaEdit | Method::AlphaEditAligned => {
-                    let mut solver = AlphaEditSolver::with_state(
-                        hp.nullspace_threshold,
-                        hp.l2,
-                        std::mem::take(&mut states[idx]),
-                    )?;
-                    let u = solver.solve(k64.view(), r64.view(), &stats[idx]);
-                    states[idx] = solver.into_state();
-                    u?
-                }
-            };
-            let d = &update.diagnostics;
-            solves.push(format!("layer {layer}: {:?}", d));
-            let delta = update.delta.mapv(|x| x as f32);
-            model.apply_delta(layer, &to_tensor(&delta))?;
-            deltas.push((layer, delta));
-        }
-        if matches!(self.method, Method::AlphaEdit | Method::AlphaEditAligned) {
-            // Sequential editing: the keys of this batch on the edited model join K_p.
-            for (idx, &layer) in hp.layers.iter().enumerate() {
-                let k = compute_keys(&*model, &prepared, layer)
-                    .map_err(|e| Error::Input(e.to_string()))?;
-                states[idx].record_batch(k.mapv(f64::from).view())?;
-            }
-        }
+        let (deltas, solves) = self.write_layers(&prepared, &residuals, &stats, l_r)?;
         lap("solve", &mut t);
-
-        let written = bare_outputs(&*model, &prepared, l_r)? - &residuals.h;
+        let written = bare_outputs(&*self.model, &prepared, l_r)? - &residuals.h;
         let score = report_misalignment(&keys, &residuals.deltas)?;
         let written_score = report_misalignment(&keys, &written)?;
         lap("misalignment", &mut t);
         Ok(EditOutcome {
             method: self.method,
+            schedule: self.schedule,
+            objective: self.objective.describe(),
             deltas,
             misalignment: score.per_fact().to_vec(),
             misalignment_total: score.total(),
@@ -470,5 +546,107 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
             timings,
             stats_cached,
         })
+    }
+
+    /// Context prefixes (sampled once, kept in the run directory) and tokenized facts.
+    fn prepare(&self, facts: &[Fact]) -> Result<Vec<PreparedFact>, Error> {
+        let model = &*self.model;
+        let spec = &self.hp.prefixes;
+        let prefixes = match &self.opts.run_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::Input(format!("{}: {e}", dir.display())))?;
+                ContextPrefixes::load_or_generate(model, spec, &dir.join("prefixes.json"))?
+            }
+            None => ContextPrefixes::generate(model, spec)?,
+        };
+        Ok(prepare_facts(model.tokenizer(), facts, &prefixes)?)
+    }
+
+    /// The residual of every fact, with the editor's schedule and objective.
+    fn optimize(
+        &self,
+        prepared: &[PreparedFact],
+        keys: &Array2<f32>,
+        l_r: usize,
+    ) -> Result<Residuals, Error> {
+        let checked = self.hp.residual.check()?;
+        Ok(optimize_residuals(
+            &*self.model,
+            prepared,
+            keys.view(),
+            l_r,
+            &checked,
+            self.schedule,
+            &RunOptions {
+                run_dir: self.opts.run_dir.as_deref(),
+                progress: self.opts.progress,
+                objective: Some(&self.objective),
+                ..Default::default()
+            },
+        )?)
+    }
+
+    /// Key statistics of every edited layer (cached on disk).
+    fn key_stats(
+        &self,
+        cache_dir: &std::path::Path,
+    ) -> Result<(Vec<eamet_solve::KeyStats>, Vec<bool>), Error> {
+        let hp = &self.hp;
+        let model = &*self.model;
+        let corpus = match &self.opts.corpus {
+            Some(c) => c.take(hp.mom2_n_samples),
+            None => generated_corpus(
+                model,
+                hp.mom2_n_samples,
+                hp.mom2_max_tokens,
+                cache_dir,
+                self.opts.progress,
+            )?,
+        };
+        let stats_cfg = StatsConfig {
+            max_tokens: hp.mom2_max_tokens,
+            batch_size: 16,
+            progress: self.opts.progress,
+        };
+        load_or_collect(model, &corpus, &hp.layers, &stats_cfg, cache_dir)
+    }
+
+    /// For each edited layer in order: current keys, the remaining residual spread over the
+    /// layers left, the layer's solver, `W_out += Δ`. Then the solvers that ask for them get
+    /// the batch's keys on the edited model.
+    fn write_layers(
+        &mut self,
+        prepared: &[PreparedFact],
+        residuals: &Residuals,
+        stats: &[eamet_solve::KeyStats],
+        l_r: usize,
+    ) -> Result<(Vec<(usize, Array2<f32>)>, Vec<String>), Error> {
+        let z = residuals.targets();
+        let layers = self.hp.layers.clone();
+        let mut deltas = Vec::with_capacity(layers.len());
+        let mut solves = Vec::with_capacity(layers.len());
+        for (idx, &layer) in layers.iter().enumerate() {
+            let k = compute_keys(&*self.model, prepared, layer)?;
+            let cur = bare_outputs(&*self.model, prepared, l_r)?;
+            let remaining = (layers.len() - idx) as f32;
+            let r = (&z - &cur) / remaining;
+            let update = self.solvers[idx].solve(
+                k.mapv(f64::from).view(),
+                r.mapv(f64::from).view(),
+                &stats[idx],
+            )?;
+            solves.push(format!("layer {layer}: {:?}", update.diagnostics));
+            let delta = update.delta.mapv(|x| x as f32);
+            self.model.apply_delta(layer, &to_tensor(&delta))?;
+            deltas.push((layer, delta));
+        }
+        for (idx, &layer) in layers.iter().enumerate() {
+            if self.solvers[idx].wants_edited_keys() {
+                let k = compute_keys(&*self.model, prepared, layer)?;
+                self.solvers[idx].after_batch(k.mapv(f64::from).view())?;
+            }
+        }
+        Ok((deltas, solves))
     }
 }

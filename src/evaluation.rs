@@ -10,7 +10,6 @@ use eamet_eval::metrics::{evaluate, ContextPrefixes, EvalConfig, RecordEval};
 use eamet_eval::report::{Checkpoint, MisalignmentInfo, Report, RunInfo};
 use eamet_hooks::EditableLm;
 use eamet_optim::Fact;
-use eamet_solve::AlphaEditState;
 use std::time::Instant;
 
 /// How edits and evaluations interleave.
@@ -152,7 +151,11 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
     info.n = records.len();
     info.eval_config = plan.eval.clone();
     info.seed = plan.seed;
-    info.schedule = plan.schedule.describe();
+    info.schedule = format!(
+        "{}; residuals: {}",
+        plan.schedule.describe(),
+        describe_residual_schedule(plan.method.schedule(&plan.hparams))
+    );
     info.hparams = serde_json::to_value(&plan.hparams).map_err(input)?;
     let mut report = Report::new(info, pre, post, timings);
     report.checkpoints = checkpoints;
@@ -171,11 +174,20 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
 
 /// The method's name as the CLI spells it.
 pub fn method_name(m: Method) -> &'static str {
-    match m {
-        Method::Memit => "memit",
-        Method::Eamet => "eamet",
-        Method::AlphaEdit => "alphaedit",
-        Method::AlphaEditAligned => "alphaedit-aligned",
+    m.name()
+}
+
+/// A residual schedule in words, for reports.
+pub fn describe_residual_schedule(s: eamet_optim::Schedule) -> String {
+    use eamet_optim::Schedule;
+    match s.normalized() {
+        Schedule::Batched { batch: 1 } => "independent, one fact at a time".into(),
+        Schedule::Batched { batch } => {
+            format!("independent, batches of {batch} facts (continuous batching)")
+        }
+        Schedule::Blocked { block: 1 } => "sequential (aligned), one fact at a time".into(),
+        Schedule::Blocked { block } => format!("aligned, blocks of {block} facts"),
+        other => format!("{other:?}"),
     }
 }
 
@@ -202,10 +214,16 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
         }
     };
     let mut timings: Vec<(String, f64)> = Vec::new();
-    let mut states: Vec<AlphaEditState> = Vec::new();
     let (mut opt, mut written, mut nll) = (Vec::new(), Vec::new(), Vec::new());
     let mut checkpoints = Vec::new();
     let n_batches = facts.len().div_ceil(batch);
+    // One editor for all batches: its solvers carry what they learn (AlphaEdit's K_p).
+    let mut editor = Editor::new(
+        &mut *model,
+        plan.method,
+        plan.hparams.clone(),
+        plan.edit.clone(),
+    )?;
     for (b, chunk) in facts.chunks(batch).enumerate() {
         let mut opts = plan.edit.clone();
         if let Some(dir) = &plan.edit.run_dir {
@@ -213,8 +231,8 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
                 opts.run_dir = Some(dir.join(format!("batch-{b:04}")));
             }
         }
-        let mut editor = Editor::new(&mut *model, plan.method, plan.hparams.clone(), opts)?;
-        let out = editor.edit_sequential(chunk, &mut states)?;
+        editor.set_options(opts);
+        let out = editor.edit(chunk)?;
         for (name, s) in &out.timings {
             match timings
                 .iter_mut()
@@ -231,7 +249,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
             let t = Instant::now();
             let end = ((b + 1) * batch).min(facts.len());
             let post = evaluate(
-                &*model,
+                editor.model(),
                 &records[..end],
                 prefixes,
                 &plan.eval,
@@ -251,6 +269,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
             }
         }
     }
+    drop(editor);
     let t = Instant::now();
     let post = evaluate(&*model, records, prefixes, &plan.eval, Some(pre)).map_err(input)?;
     timings.push(("evaluate (post)".into(), t.elapsed().as_secs_f64()));

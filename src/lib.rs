@@ -55,6 +55,9 @@ pub enum Error {
     /// A statistics or solver step failed.
     #[error(transparent)]
     Solve(#[from] solve::SolveError),
+    /// Fact validation or the residual optimization failed (names the fact).
+    #[error(transparent)]
+    Optim(#[from] optim::OptimError),
     /// libtorch raised an error.
     #[error("libtorch: {0}")]
     Torch(#[from] hooks::tch::TchError),

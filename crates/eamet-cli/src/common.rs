@@ -71,11 +71,12 @@ pub fn read_records(
 }
 
 /// Hyperparameters: a JSON file (reference field names accepted) or the SmolLM2 preset of the
-/// method; `--layers` overrides; checked against the model's depth.
+/// method; `--layers` and `--block` override; checked against the model's depth.
 pub fn hparams(
     method: Method,
     file: Option<&Path>,
     layers: Option<Vec<usize>>,
+    block: Option<usize>,
     n_layers: usize,
 ) -> Result<EditHparams> {
     let mut hp = match file {
@@ -87,6 +88,9 @@ pub fn hparams(
     };
     if let Some(l) = layers {
         hp.layers = l;
+    }
+    if let Some(b) = block {
+        hp.block = b;
     }
     if let Some(&bad) = hp.layers.iter().find(|&&l| l >= n_layers) {
         bail!(

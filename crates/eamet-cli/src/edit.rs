@@ -14,6 +14,7 @@ pub struct EditArgs {
     pub method: String,
     pub hparams: Option<PathBuf>,
     pub layers: Option<Vec<usize>>,
+    pub block: Option<usize>,
     pub corpus: Vec<PathBuf>,
     pub patch: Option<PathBuf>,
     pub run_dir: Option<PathBuf>,
@@ -56,15 +57,17 @@ pub fn run(a: EditArgs) -> Result<()> {
         method,
         a.hparams.as_deref(),
         a.layers,
+        a.block,
         model.config().n_layers,
     )?;
     if !a.json {
         println!("model   {}", path.display());
         println!(
-            "method  {}, layers {:?}, {} facts from {source}",
+            "method  {}, layers {:?}, {} facts from {source}, residuals {}",
             eamet::evaluation::method_name(method),
             hp.layers,
-            facts.len()
+            facts.len(),
+            eamet::evaluation::describe_residual_schedule(method.schedule(&hp))
         );
     }
     let before = first_words(&model, &facts)?;

@@ -20,6 +20,7 @@ pub struct EvalArgs {
     pub method: String,
     pub hparams: Option<PathBuf>,
     pub layers: Option<Vec<usize>>,
+    pub block: Option<usize>,
     pub corpus: Vec<PathBuf>,
     pub report: PathBuf,
     pub batch_size: Option<usize>,
@@ -102,6 +103,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         method,
         a.hparams.as_deref(),
         a.layers,
+        a.block,
         model.config().n_layers,
     )?;
     let cache = cache_dir()?;

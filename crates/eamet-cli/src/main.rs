@@ -72,6 +72,11 @@ enum Command {
         /// Edited layers, e.g. 3,4 (overrides the hyperparameters).
         #[arg(long, value_delimiter = ',')]
         layers: Option<Vec<usize>>,
+        /// Facts per optimizer pass: batch size for memit/alphaedit, block size for
+        /// eamet/alphaedit-aligned (1 = one at a time, the reference schedule). Default: the
+        /// hyperparameters' `block` (SmolLM2 presets: see docs/benchmarks.md).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        block: Option<u64>,
         /// Generic text for the key statistics (.txt or .jsonl); default: text the model writes.
         #[arg(long)]
         corpus: Vec<PathBuf>,
@@ -122,6 +127,11 @@ enum Command {
         /// Edited layers, e.g. 3,4 (overrides the hyperparameters).
         #[arg(long, value_delimiter = ',')]
         layers: Option<Vec<usize>>,
+        /// Facts per optimizer pass: batch size for memit/alphaedit, block size for
+        /// eamet/alphaedit-aligned (1 = one at a time, the reference schedule). Default: the
+        /// hyperparameters' `block` (SmolLM2 presets: see docs/benchmarks.md).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        block: Option<u64>,
         /// Generic text for the key statistics and the context prefixes; default: model-written.
         #[arg(long)]
         corpus: Vec<PathBuf>,
@@ -342,6 +352,7 @@ fn main() -> ExitCode {
             method,
             hparams,
             layers,
+            block,
             corpus,
             patch,
             run_dir,
@@ -354,6 +365,7 @@ fn main() -> ExitCode {
             method,
             hparams,
             layers,
+            block: block.map(|b| b as usize),
             corpus,
             patch,
             run_dir,
@@ -369,6 +381,7 @@ fn main() -> ExitCode {
             method,
             hparams,
             layers,
+            block,
             corpus,
             report,
             batch_size,
@@ -387,6 +400,7 @@ fn main() -> ExitCode {
             method,
             hparams,
             layers,
+            block: block.map(|b| b as usize),
             corpus,
             report,
             batch_size,

@@ -5,9 +5,7 @@ use crate::common::{hparams, load_model, read_records, resolve_model};
 use anyhow::Result;
 use eamet::align::{misalignment, KlDirection, Neighbourhood, ScoreConfig, ZeroVectors};
 use eamet::hooks::EditableLm;
-use eamet::optim::{
-    compute_keys, optimize_residuals, prepare_facts, ContextPrefixes, RunOptions, Schedule,
-};
+use eamet::optim::{compute_keys, optimize_residuals, prepare_facts, ContextPrefixes, RunOptions};
 use eamet::{Fact, Method};
 use std::path::PathBuf;
 
@@ -34,6 +32,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         method,
         a.hparams.as_deref(),
         a.layers,
+        None,
         model.config().n_layers,
     )?;
     let l_r = *hp
@@ -43,10 +42,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let prefixes = ContextPrefixes::generate(&model, &hp.prefixes)?;
     let prepared = prepare_facts(model.tokenizer(), &facts, &prefixes)?;
     let keys = compute_keys(&model, &prepared, l_r)?;
-    let schedule = match method {
-        Method::Eamet | Method::AlphaEditAligned => Schedule::Sequential,
-        Method::Memit | Method::AlphaEdit => Schedule::Independent,
-    };
+    let schedule = method.schedule(&hp);
     let residuals = optimize_residuals(
         &model,
         &prepared,
@@ -100,10 +96,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         println!(
             "{} facts from {source}, residuals at layer {l_r} optimized {} (no edit written), tau 0.07",
             facts.len(),
-            match schedule {
-                Schedule::Sequential => "sequentially with the alignment terms (EAMET)",
-                Schedule::Independent => "independently (MEMIT)",
-            }
+            eamet::evaluation::describe_residual_schedule(schedule)
         );
         println!("| neighbourhood | divergence | total | mean | median | p90 | max |");
         println!("|---|---|---|---|---|---|---|");

@@ -34,6 +34,7 @@ pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use llama::LlamaModel;
 pub use model::{
-    Batch, Capture, Edit, EditableLm, LogProbs, Output, Padding, Plan, Site, Start, TokenPicker,
+    Batch, Capture, Edit, EditableLm, JoinedStart, LogProbs, Output, Padding, Plan, Site, Start,
+    TokenPicker,
 };
 pub use tch;

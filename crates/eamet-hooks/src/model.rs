@@ -333,3 +333,292 @@ pub(crate) fn flat_index(batch: &Batch, at: &Positions, offset: usize, device: D
         .to_device(device)
         .to_kind(Kind::Int64)
 }
+
+/// Where one part of a [`JoinedStart`] lies in the joined batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartLayout {
+    row_offset: usize,
+    rows: usize,
+    width: usize,
+    from_slot: usize,
+    /// Added to a slot before the part's `from_slot`.
+    past_shift: usize,
+    /// Added to a slot at or after the part's `from_slot`.
+    tail_shift: usize,
+}
+
+/// Several prefix-saved batches joined into one batch and one [`Start`], so that a single
+/// forward pass serves them all (batched optimization of many facts at once).
+///
+/// Each part is a batch with its own saved causal prefix ([`EditableLm::prefix_state`], all at
+/// the same layer). With `P` the longest saved prefix and `T` the longest recomputed tail of the
+/// parts, every joined row is `P + T` slots wide: the part's saved slots are right-aligned in
+/// the first `P` slots and its recomputed slots right-aligned in the last `T`. The slots in
+/// between are padding (mask 0) and may lie *inside* a row, which attention handles like any
+/// other padding. So nothing is recomputed that a part alone would not recompute, apart from
+/// the padding, and every real token sees exactly the tokens it saw in its own batch.
+///
+/// Positions of a part translate with [`JoinedStart::map`]; the joined batch's
+/// [`Batch::slot`] does not apply to rows with inner padding. A single part joins to a copy
+/// of itself (no padding is added), so the joined pass computes exactly what the part's own
+/// pass computes.
+#[derive(Debug)]
+pub struct JoinedStart {
+    /// The joined batch: rows of part 0, then of part 1, ….
+    pub batch: Batch,
+    /// The joined start state.
+    pub start: Start,
+    parts: Vec<PartLayout>,
+}
+
+impl JoinedStart {
+    /// Joins `parts` (each a batch and the [`Start`] that [`EditableLm::prefix_state`] made for
+    /// it); `pad_id` fills the inner padding's token ids.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] for no parts, parts that start at different layers or live on
+    /// different devices, or a start whose shapes do not fit its batch.
+    pub fn join(parts: &[(&Batch, &Start)], pad_id: u32) -> Result<Self> {
+        let bad = |m: String| Err(ModelError::Request(format!("joining start states: {m}")));
+        let Some(&(_, first)) = parts.first() else {
+            return bad("no parts".into());
+        };
+        let layer = first.layer;
+        let device = first.hidden.device();
+        let hs = first.hidden.size();
+        if hs.len() != 3 {
+            return bad(format!("part 0 has a hidden state of shape {hs:?}"));
+        }
+        let d = hs[2];
+        // The past's (kv heads, head dim) and layer count, from any part that has a past.
+        let mut past_dims: Option<(usize, i64, i64)> = None;
+        for (i, &(b, s)) in parts.iter().enumerate() {
+            if s.layer != layer {
+                return bad(format!(
+                    "part {i} starts at layer {}, part 0 at layer {layer}",
+                    s.layer
+                ));
+            }
+            if s.hidden.device() != device {
+                return bad(format!("part {i} lives on another device"));
+            }
+            if s.from_slot >= b.width {
+                return bad(format!(
+                    "part {i}: from_slot {} is not inside its width {}",
+                    s.from_slot, b.width
+                ));
+            }
+            let want = [b.rows() as i64, (b.width - s.from_slot) as i64, d];
+            if s.hidden.size() != want {
+                return bad(format!(
+                    "part {i}: hidden state {:?}, expected {want:?}",
+                    s.hidden.size()
+                ));
+            }
+            if s.from_slot > 0 {
+                let Some((k, v)) = s.past.get(layer) else {
+                    return bad(format!("part {i} has no saved keys/values"));
+                };
+                let ks = k.size();
+                if ks.len() != 4
+                    || ks[0] != b.rows() as i64
+                    || ks[2] != s.from_slot as i64
+                    || v.size() != ks
+                {
+                    return bad(format!("part {i}: saved keys of shape {ks:?}"));
+                }
+                let dims = (s.past.len(), ks[1], ks[3]);
+                match past_dims {
+                    None => past_dims = Some(dims),
+                    Some(p) if p == dims => {}
+                    Some(p) => {
+                        return bad(format!(
+                            "part {i}: saved keys/values ({} layers, {} heads of {}) differ from an earlier part's ({} layers, {} heads of {})",
+                            dims.0, dims.1, dims.2, p.0, p.1, p.2
+                        ))
+                    }
+                }
+            }
+        }
+        if parts.len() == 1 {
+            let (b, s) = parts[0];
+            return Ok(JoinedStart {
+                batch: Batch {
+                    ids: b.ids.shallow_clone(),
+                    mask: b.mask.shallow_clone(),
+                    positions: b.positions.shallow_clone(),
+                    lengths: b.lengths.clone(),
+                    starts: b.starts.clone(),
+                    width: b.width,
+                    padding: b.padding,
+                },
+                start: s.shallow_clone(),
+                parts: vec![PartLayout {
+                    row_offset: 0,
+                    rows: b.rows(),
+                    width: b.width,
+                    from_slot: s.from_slot,
+                    past_shift: 0,
+                    tail_shift: 0,
+                }],
+            });
+        }
+        let p = parts.iter().map(|(_, s)| s.from_slot).max().unwrap_or(0);
+        let t = parts
+            .iter()
+            .map(|(b, s)| b.width - s.from_slot)
+            .max()
+            .unwrap_or(0);
+        let width = p + t;
+        let mut layouts = Vec::with_capacity(parts.len());
+        let (mut ids, mut mask, mut pos, mut hidden) = (vec![], vec![], vec![], vec![]);
+        let (mut lengths, mut starts) = (vec![], vec![]);
+        let mut row = 0;
+        for &(b, s) in parts {
+            let r = b.rows() as i64;
+            let sf = s.from_slot;
+            let tail = b.width - sf;
+            let layout = PartLayout {
+                row_offset: row,
+                rows: b.rows(),
+                width: b.width,
+                from_slot: sf,
+                past_shift: p - sf,
+                tail_shift: p + t - b.width,
+            };
+            // [pad (P - s)] [saved slots] [pad (T - tail)] [recomputed slots]
+            let spread = |x: &Tensor, fill: i64| -> Tensor {
+                let kind = x.kind();
+                let pad = |n: usize| Tensor::full([r, n as i64], fill, (kind, device));
+                Tensor::cat(
+                    &[
+                        pad(p - sf),
+                        x.narrow(1, 0, sf as i64),
+                        pad(t - tail),
+                        x.narrow(1, sf as i64, tail as i64),
+                    ],
+                    1,
+                )
+            };
+            ids.push(spread(&b.ids, i64::from(pad_id)));
+            mask.push(spread(&b.mask, 0));
+            pos.push(spread(&b.positions, 0));
+            hidden.push(Tensor::cat(
+                &[
+                    Tensor::zeros([r, (t - tail) as i64, d], (s.hidden.kind(), device)),
+                    s.hidden.shallow_clone(),
+                ],
+                1,
+            ));
+            lengths.extend_from_slice(&b.lengths);
+            starts.extend(b.starts.iter().map(|&st| {
+                if st < sf {
+                    st + layout.past_shift
+                } else {
+                    st + layout.tail_shift
+                }
+            }));
+            row += b.rows();
+            layouts.push(layout);
+        }
+        let past = match past_dims {
+            None => Vec::new(),
+            Some((n_layers, kv, hd)) => (0..n_layers)
+                .map(|l| {
+                    if l < layer {
+                        return (Tensor::new(), Tensor::new());
+                    }
+                    let side = |which: usize| {
+                        let pieces: Vec<Tensor> = parts
+                            .iter()
+                            .map(|&(b, s)| {
+                                let r = b.rows() as i64;
+                                let kind = first_kind(parts, layer);
+                                let pad = Tensor::zeros(
+                                    [r, kv, (p - s.from_slot) as i64, hd],
+                                    (kind, device),
+                                );
+                                if s.from_slot == 0 {
+                                    pad
+                                } else {
+                                    let x = if which == 0 {
+                                        &s.past[l].0
+                                    } else {
+                                        &s.past[l].1
+                                    };
+                                    Tensor::cat(&[&pad, x], 2)
+                                }
+                            })
+                            .collect();
+                        Tensor::cat(&pieces, 0)
+                    };
+                    (side(0), side(1))
+                })
+                .collect(),
+        };
+        Ok(JoinedStart {
+            batch: Batch {
+                ids: Tensor::cat(&ids, 0),
+                mask: Tensor::cat(&mask, 0),
+                positions: Tensor::cat(&pos, 0),
+                lengths,
+                starts,
+                width,
+                padding: Padding::Left,
+            },
+            start: Start {
+                layer,
+                hidden: Tensor::cat(&hidden, 0),
+                from_slot: p,
+                past,
+            },
+            parts: layouts,
+        })
+    }
+
+    /// Number of joined parts.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The joined `(row, slot)` of part `part`'s `(row, slot)`.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] for a part, row or slot that does not exist.
+    pub fn map(&self, part: usize, (row, slot): (usize, usize)) -> Result<(usize, usize)> {
+        let Some(l) = self.parts.get(part) else {
+            return Err(ModelError::Request(format!(
+                "part {part} requested, {} were joined",
+                self.parts.len()
+            )));
+        };
+        if row >= l.rows || slot >= l.width {
+            return Err(ModelError::Request(format!(
+                "part {part}: (row {row}, slot {slot}) is outside its {}x{} batch",
+                l.rows, l.width
+            )));
+        }
+        let s = if slot < l.from_slot {
+            slot + l.past_shift
+        } else {
+            slot + l.tail_shift
+        };
+        Ok((row + l.row_offset, s))
+    }
+
+    /// [`map`](Self::map) over a list.
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    pub fn map_all(&self, part: usize, at: &[(usize, usize)]) -> Result<Positions> {
+        at.iter().map(|&x| self.map(part, x)).collect()
+    }
+}
+
+/// The kind of the saved keys of the first part that has them.
+fn first_kind(parts: &[(&Batch, &Start)], layer: usize) -> Kind {
+    parts
+        .iter()
+        .find_map(|(_, s)| s.past.get(layer).filter(|_| s.from_slot > 0))
+        .map_or(Kind::Float, |(k, _)| k.kind())
+}

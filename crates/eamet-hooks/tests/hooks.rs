@@ -5,7 +5,8 @@
 use eamet_hooks::patch::Patch;
 use eamet_hooks::tch::{Device, Kind, Tensor};
 use eamet_hooks::{
-    Batch, Capture, Edit, EditableLm, LlamaModel, LogProbs, ModelError, Padding, Plan, Site, Start,
+    Batch, Capture, Edit, EditableLm, JoinedStart, LlamaModel, LogProbs, ModelError, Padding, Plan,
+    Site, Start,
 };
 use std::path::PathBuf;
 
@@ -532,4 +533,111 @@ fn resuming_after_a_causal_prefix_equals_the_full_pass_with_gradients() {
         .unwrap_err();
     assert!(e.to_string().contains("before slot"), "{e}");
     assert!(m.prefix_state(&b, 1, b.width).is_err());
+}
+
+/// Log-probs of every row's last `k` tokens with `delta` added at `edit_at`, through a plan that
+/// starts from `start`, for positions given in the batch's own coordinates mapped by `map`.
+fn tail_logprobs(
+    m: &LlamaModel,
+    batch: &Batch,
+    start: Start,
+    edit_at: Vec<(usize, usize)>,
+    at: Vec<(usize, usize)>,
+    delta: &Tensor,
+) -> Tensor {
+    m.forward(
+        batch,
+        &Plan {
+            start: Some(start),
+            edits: vec![Edit {
+                layer: 1,
+                at: edit_at,
+                delta: delta.shallow_clone(),
+            }],
+            logprobs: Some(LogProbs::Full { at }),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .logprobs
+    .unwrap()
+}
+
+#[test]
+fn joined_starts_compute_what_each_part_computes_alone() {
+    let m = tiny();
+    // Parts of different widths, row counts and saved-prefix lengths (one with none).
+    let texts: [&[&str]; 3] = [
+        &TEXTS,
+        &[
+            "Paris is the capital of",
+            "He plays all day long in the park",
+        ],
+        &["It is on"],
+    ];
+    let keep = [3usize, 5, 2];
+    let tch_delta = Tensor::randn([m.config().d_model as i64], (Kind::Float, Device::Cpu)) * 0.5;
+    let mut parts = Vec::new();
+    for (t, k) in texts.iter().zip(keep) {
+        let b = batch(&m, t, Padding::Left);
+        let from = if t.len() == 1 { 0 } else { b.width - k };
+        let s = m.prefix_state(&b, 1, from).unwrap();
+        parts.push((b, s));
+    }
+    let refs: Vec<(&Batch, &Start)> = parts.iter().map(|(b, s)| (b, s)).collect();
+    let joined = JoinedStart::join(&refs, m.tokenizer().pad_id).unwrap();
+    assert_eq!(joined.parts(), 3);
+    assert_eq!(joined.batch.rows(), 6);
+    let (mut edit_at, mut at, mut alone) = (vec![], vec![], vec![]);
+    for (p, (b, s)) in parts.iter().enumerate() {
+        // Edit every row's last token; read the last two tokens.
+        let e: Vec<(usize, usize)> = b.last_slots().into_iter().enumerate().collect();
+        let a: Vec<(usize, usize)> = e
+            .iter()
+            .flat_map(|&(r, sl)| [(r, sl - 1), (r, sl)])
+            .filter(|&(_, sl)| sl >= s.from_slot)
+            .collect();
+        alone.push(tail_logprobs(
+            &m,
+            b,
+            s.shallow_clone(),
+            e.clone(),
+            a.clone(),
+            &tch_delta,
+        ));
+        edit_at.extend(joined.map_all(p, &e).unwrap());
+        at.extend(joined.map_all(p, &a).unwrap());
+    }
+    let together = tail_logprobs(
+        &m,
+        &joined.batch,
+        joined.start.shallow_clone(),
+        edit_at,
+        at,
+        &tch_delta,
+    );
+    let want = Tensor::cat(&alone, 0);
+    assert_eq!(together.size(), want.size());
+    assert!(
+        max_diff(&together, &want) < 1e-4,
+        "{}",
+        max_diff(&together, &want)
+    );
+    // One part joins to itself, bit for bit.
+    let one = JoinedStart::join(&refs[..1], m.tokenizer().pad_id).unwrap();
+    assert_eq!(one.map(0, (1, 7)).unwrap(), (1, 7));
+    let (b, s) = &parts[0];
+    let e: Vec<(usize, usize)> = b.last_slots().into_iter().enumerate().collect();
+    let a = e.clone();
+    let x = tail_logprobs(&m, b, s.shallow_clone(), e.clone(), a.clone(), &tch_delta);
+    let y = tail_logprobs(&m, &one.batch, one.start.shallow_clone(), e, a, &tch_delta);
+    assert!(x.equal(&y));
+    // Errors: no parts, another layer, positions outside a part.
+    assert!(JoinedStart::join(&[], 0).is_err());
+    let other = m.prefix_state(&parts[1].0, 2, 0).unwrap();
+    let e = JoinedStart::join(&[refs[0], (&parts[1].0, &other)], 0).unwrap_err();
+    assert!(e.to_string().contains("layer"), "{e}");
+    assert!(joined.map(3, (0, 0)).is_err());
+    assert!(joined.map(0, (3, 0)).is_err());
+    assert!(joined.map(2, (0, 99)).is_err());
 }

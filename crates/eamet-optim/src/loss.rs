@@ -16,14 +16,22 @@ pub enum TermGroup {
     Alignment,
 }
 
-/// EAMET's constant alignment targets of one fact as tensors (`f64`), with the saved residuals
-/// they refer to. Built by the optimizer from [`eamet_align::FactTargets`].
+/// EAMET's constant alignment targets of one fact as tensors (`f64`), with the residuals they
+/// refer to. Built by the optimizer from [`eamet_align::FactTargets`].
+///
+/// The residuals `δ_j`, `j < i`, come in two parts: the saved final residuals of earlier
+/// blocks (`saved_unit`, rows `0..s`) and, under [`Schedule::Blocked`](crate::Schedule), the
+/// current residuals of the earlier facts of fact `i`'s own block (`block_unit`, rows `s..i`),
+/// which the optimizer refreshes every step.
 #[derive(Debug)]
 pub struct AlignmentTargets {
-    /// The fact `i` (= number of saved residuals `j < i` used).
+    /// The fact `i` (= number of residuals `j < i` used).
     pub fact: usize,
-    /// Unit saved residuals `δ̂_j`, `j < i`: `[i, d_model]` (zero rows stay zero).
+    /// Unit saved residuals `δ̂_j`, `j < s`: `[s, d_model]` (zero rows stay zero).
     pub saved_unit: Tensor,
+    /// Unit current residuals `δ̂_j`, `s ≤ j < i`, of the same block (constants: no gradient
+    /// flows into them): `[i − s, d_model]`, or `None` when `s = i`.
+    pub block_unit: Option<Tensor>,
     /// `P_k(j) = softmax_{j<i}(s_k/τ)`: `[i]`.
     pub key_probs: Tensor,
     /// Indices of the top-M key neighbours: `[m]` (i64).
@@ -37,14 +45,15 @@ pub struct AlignmentTargets {
 }
 
 impl AlignmentTargets {
-    /// Tensors of `targets` against the unit saved residuals `saved_unit` (`[i, d]`, any float
-    /// kind; converted to `f64`).
+    /// Tensors of `targets` against the unit saved residuals `saved_unit` (`[s, d]`, `s ≤ i`,
+    /// any float kind; converted to `f64`); the rows `s..i` are set later in `block_unit`.
     pub fn new(targets: &FactTargets, saved_unit: &Tensor) -> Self {
         let f = |v: &[f64]| Tensor::from_slice(v).to_device(saved_unit.device());
         let idx: Vec<i64> = targets.top_indices().iter().map(|&j| j as i64).collect();
         AlignmentTargets {
             fact: targets.fact(),
             saved_unit: saved_unit.to_kind(Kind::Double),
+            block_unit: None,
             key_probs: f(targets.key_probs()),
             top_indices: Tensor::from_slice(&idx).to_device(saved_unit.device()),
             top_cosines: f(targets.top_cosines()),
@@ -67,7 +76,12 @@ impl AlignmentTargets {
         if n.double_value(&[]) < 1e-12 {
             return Tensor::zeros([self.fact as i64], (Kind::Double, d.device()));
         }
-        self.saved_unit.mv(&(d / n))
+        let u = d / n;
+        let saved = self.saved_unit.mv(&u);
+        match &self.block_unit {
+            Some(b) if b.size()[0] > 0 => Tensor::cat(&[saved, b.mv(&u)], 0),
+            _ => saved,
+        }
     }
 
     /// `L_KL = Σ_j p_j ln((p_j+ε)/(q_j+ε))`, `q = softmax(s_r/τ)`; 0 for fact 0.

@@ -708,3 +708,335 @@ fn hparams_are_checked_and_read_from_reference_json() {
     .unwrap_err();
     assert!(matches!(e, OptimError::Input(_)), "{e}");
 }
+
+fn run_schedule(
+    m: &LlamaModel,
+    prepared: &[PreparedFact],
+    keys: &Array2<f32>,
+    h: &CheckedResidualHparams,
+    schedule: Schedule,
+) -> Residuals {
+    optimize_residuals(
+        m,
+        prepared,
+        keys.view(),
+        1,
+        h,
+        schedule,
+        &RunOptions::default(),
+    )
+    .unwrap()
+}
+
+/// Per fact: same step count and stop reason, `δ` within `tol` (max abs, relative to `‖δ‖`).
+fn close_per_fact(a: &Residuals, b: &Residuals, tol: f32) {
+    for i in 0..a.stats.len() {
+        assert_eq!(a.stats[i].steps, b.stats[i].steps, "fact {i}: steps");
+        assert_eq!(
+            a.stats[i].early_stopped, b.stats[i].early_stopped,
+            "fact {i}: early stop"
+        );
+        let diff = (&a.deltas.row(i) - &b.deltas.row(i))
+            .mapv(f32::abs)
+            .fold(0.0f32, |x, &y| x.max(y));
+        let scale = a.stats[i].delta_norm as f32;
+        assert!(diff <= tol * scale, "fact {i}: |Δδ| {diff} vs ‖δ‖ {scale}");
+        assert!(
+            (a.stats[i].final_nll - b.stats[i].final_nll).abs()
+                < 1e-3 * a.stats[i].final_nll.abs().max(1.0)
+        );
+    }
+    assert_eq!(a.h, b.h, "h_i is computed per fact, the same way");
+}
+
+/// Hyperparameters under which the tiny facts stop at different steps, so that continuous
+/// batching really swaps facts in and out.
+fn staggered() -> CheckedResidualHparams {
+    ResidualHparams {
+        v_num_grad_steps: 12,
+        early_stop_loss: 6.5,
+        ..ResidualHparams::memit()
+    }
+    .check()
+    .unwrap()
+}
+
+#[test]
+fn batched_equals_one_at_a_time_per_fact() {
+    let m = tiny();
+    let (prepared, keys) = setup(&m);
+    let h = staggered();
+    let one = run_schedule(&m, &prepared, &keys, &h, Schedule::Independent);
+    let steps: Vec<usize> = one.stats.iter().map(|s| s.steps).collect();
+    assert!(
+        steps.iter().any(|&s| s != steps[0]),
+        "the facts must stop at different steps for this test to mean something: {steps:?}"
+    );
+    for batch in [2, 3, 4, 9] {
+        let b = run_schedule(&m, &prepared, &keys, &h, Schedule::Batched { batch });
+        close_per_fact(&one, &b, 1e-4);
+    }
+    assert_eq!(
+        run_schedule(&m, &prepared, &keys, &h, Schedule::Batched { batch: 1 }).deltas,
+        one.deltas,
+        "Batched {{ batch: 1 }} is Independent"
+    );
+    // An aligned schedule with no alignment terms is an independent one, blocked or not.
+    let no_align = ResidualHparams {
+        cs_factor: 0.0,
+        mse_factor: 0.0,
+        ..h.get().clone()
+    }
+    .check()
+    .unwrap();
+    let blocked = run_schedule(
+        &m,
+        &prepared,
+        &keys,
+        &no_align,
+        Schedule::Blocked { block: 3 },
+    );
+    close_per_fact(&one, &blocked, 1e-4);
+}
+
+#[test]
+fn blocked_with_one_fact_per_block_is_sequential() {
+    let m = tiny();
+    let (prepared, keys) = setup(&m);
+    let h = hp(6);
+    let seq = run_schedule(&m, &prepared, &keys, &h, Schedule::Sequential);
+    let b1 = run_schedule(&m, &prepared, &keys, &h, Schedule::Blocked { block: 1 });
+    assert_eq!(seq.deltas, b1.deltas);
+    same_stats(&seq.stats, &b1.stats);
+}
+
+/// The alignment terms a blocked fact reports at its final step equal eamet-align's loss
+/// against the final residuals of the facts before it (facts of a block step in lockstep and
+/// all run every step here, so at the last evaluation every earlier δ_j is final).
+#[test]
+fn blocked_facts_align_to_earlier_blocks_and_to_their_block_mates() {
+    let m = tiny();
+    let (prepared, keys) = setup(&m);
+    let h = hp(6);
+    let hv = h.get();
+    for block in [2usize, 4] {
+        let r = run_schedule(&m, &prepared, &keys, &h, Schedule::Blocked { block });
+        let keys64 = keys.mapv(f64::from);
+        let cfg = TargetConfig {
+            tau: h.tau(),
+            top_m: std::num::NonZeroUsize::new(hv.top_m).unwrap(),
+            zero_vectors: eamet_align::ZeroVectors::CosineZero,
+        };
+        let mut stream = AlignmentStream::new(keys64.view(), r.deltas.ncols(), cfg).unwrap();
+        for i in 0..r.stats.len() {
+            assert_eq!(r.stats[i].steps, 5, "every fact runs all updates here");
+            let targets = stream.targets(i).unwrap();
+            let delta = r.deltas.row(i).mapv(f64::from);
+            let s_r = stream.residual_cosines(i, delta.view()).unwrap();
+            let want = targets.loss(&s_r).unwrap();
+            let term = |name: &str| r.stats[i].terms.iter().find(|(n, _)| n == name).unwrap().1;
+            let (kl, mse) = (term("align_kl"), term("align_mse"));
+            assert!(
+                (kl - hv.cs_factor * want.kl).abs() < 1e-5 * kl.abs().max(1e-3),
+                "block {block}, fact {i}: kl {kl} vs {}",
+                hv.cs_factor * want.kl
+            );
+            assert!(
+                (mse - hv.mse_factor * want.mse).abs() < 1e-5 * mse.abs().max(1e-3),
+                "block {block}, fact {i}: mse {mse} vs {}",
+                hv.mse_factor * want.mse
+            );
+            if i > 0 {
+                assert!(mse > 0.0, "fact {i} sees its predecessors");
+            }
+            stream.push(r.deltas.row(i).mapv(f64::from).view()).unwrap();
+        }
+        // Fact 0 has no neighbours: the same as on its own.
+        let one = run_schedule(
+            &m,
+            &prepared[..1],
+            &keys.slice(ndarray::s![..1, ..]).to_owned(),
+            &h,
+            Schedule::Independent,
+        );
+        let diff = (&one.deltas.row(0) - &r.deltas.row(0)).mapv(f32::abs).sum();
+        assert!(diff < 1e-3, "fact 0: {diff}");
+    }
+}
+
+#[test]
+fn blocked_resume_replays_unfinished_blocks_bit_identically() {
+    let m = tiny();
+    let (prepared, keys) = setup(&m);
+    let h = hp(5);
+    let schedule = Schedule::Blocked { block: 2 };
+    let full = run_schedule(&m, &prepared, &keys, &h, schedule);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |stop| {
+        optimize_residuals(
+            &m,
+            &prepared,
+            keys.view(),
+            1,
+            &h,
+            schedule,
+            &RunOptions {
+                run_dir: Some(dir.path()),
+                stop_after: stop,
+                ..Default::default()
+            },
+        )
+    };
+    // Stops at the first block boundary at or after 1 finished fact.
+    let e = run(Some(1)).unwrap_err();
+    assert!(matches!(e, OptimError::Interrupted { finished: 2 }), "{e}");
+    let resumed = run(None).unwrap();
+    assert_eq!(resumed.resumed, 2);
+    assert_eq!(resumed.deltas, full.deltas);
+    same_stats(&resumed.stats, &full.stats);
+    // Killed while block 1 was being written: fact 2 saved, fact 3 not. The block is replayed.
+    std::fs::remove_file(dir.path().join("residuals/fact-00000003.bin")).unwrap();
+    let again = run(None).unwrap();
+    assert_eq!(again.resumed, 2, "only the complete block is reused");
+    assert_eq!(again.deltas, full.deltas);
+    same_stats(&again.stats, &full.stats);
+    // The block size is part of the run.
+    let e = optimize_residuals(
+        &m,
+        &prepared,
+        keys.view(),
+        1,
+        &h,
+        Schedule::Blocked { block: 3 },
+        &RunOptions {
+            run_dir: Some(dir.path()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, OptimError::RunMismatch { .. }), "{e}");
+    // Sequential and Blocked { block: 1 } are the same run.
+    let dir1 = tempfile::tempdir().unwrap();
+    let opts = RunOptions {
+        run_dir: Some(dir1.path()),
+        ..Default::default()
+    };
+    optimize_residuals(
+        &m,
+        &prepared,
+        keys.view(),
+        1,
+        &h,
+        Schedule::Sequential,
+        &opts,
+    )
+    .unwrap();
+    let r = optimize_residuals(
+        &m,
+        &prepared,
+        keys.view(),
+        1,
+        &h,
+        Schedule::Blocked { block: 1 },
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(r.resumed, 4);
+}
+
+#[test]
+fn batched_resume_keeps_finished_facts() {
+    let m = tiny();
+    let (prepared, keys) = setup(&m);
+    let h = staggered();
+    let schedule = Schedule::Batched { batch: 2 };
+    let full = run_schedule(&m, &prepared, &keys, &h, schedule);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |stop| {
+        optimize_residuals(
+            &m,
+            &prepared,
+            keys.view(),
+            1,
+            &h,
+            schedule,
+            &RunOptions {
+                run_dir: Some(dir.path()),
+                stop_after: stop,
+                ..Default::default()
+            },
+        )
+    };
+    let e = run(Some(1)).unwrap_err();
+    let OptimError::Interrupted { finished } = e else {
+        panic!("{e}")
+    };
+    assert!((1..4).contains(&finished));
+    let resumed = run(None).unwrap();
+    assert_eq!(resumed.resumed, finished);
+    close_per_fact(&full, &resumed, 1e-4);
+}
+
+#[test]
+fn zero_batch_or_block_is_an_input_error() {
+    let m = tiny();
+    let (prepared, keys) = setup(&m);
+    for s in [
+        Schedule::Batched { batch: 0 },
+        Schedule::Blocked { block: 0 },
+    ] {
+        let e = optimize_residuals(
+            &m,
+            &prepared,
+            keys.view(),
+            1,
+            &hp(2),
+            s,
+            &RunOptions::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, OptimError::Input(m) if m.contains("at least 1")),
+            "{e}"
+        );
+    }
+    assert_eq!(Schedule::with_width(true, 1), Schedule::Sequential);
+    assert_eq!(
+        Schedule::with_width(false, 8),
+        Schedule::Batched { batch: 8 }
+    );
+    assert_eq!(
+        Schedule::Independent.normalized(),
+        Schedule::Batched { batch: 1 }
+    );
+}
+
+#[test]
+fn split_alignment_targets_equal_one_saved_set() {
+    // Rows 0..s saved and rows s..i given as the block's current residuals: the same loss and
+    // gradient as all i rows saved.
+    tch::manual_seed(3);
+    let (n, dk, d) = (7usize, 10usize, 12usize);
+    let keys = Array2::from_shape_fn((n, dk), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+    let deltas = Array2::from_shape_fn((n, d), |(i, j)| ((i * 5 + j * 2) % 13) as f64 - 6.0);
+    let mut stream = AlignmentStream::new(keys.view(), d, TargetConfig::default()).unwrap();
+    for i in 0..n - 1 {
+        stream.push(deltas.row(i)).unwrap();
+    }
+    let i = n - 1;
+    let targets = stream.targets(i).unwrap();
+    let saved =
+        Tensor::from_slice(stream.saved_residuals().as_slice().unwrap()).view([i as i64, d as i64]);
+    let whole = AlignmentTargets::new(&targets, &saved);
+    for s in 0..i {
+        let mut split = AlignmentTargets::new(&targets, &saved.narrow(0, 0, s as i64));
+        split.block_unit = Some(saved.narrow(0, s as i64, (i - s) as i64));
+        let x = Tensor::from_slice(deltas.row(i).as_slice().unwrap());
+        for (a, b) in [(whole.kl(&x), split.kl(&x)), (whole.mse(&x), split.mse(&x))] {
+            assert!(
+                (a.double_value(&[]) - b.double_value(&[])).abs() < 1e-12,
+                "s = {s}"
+            );
+        }
+    }
+}

@@ -548,4 +548,8 @@ impl UpdateSolver for AlphaEditSolver {
     fn after_batch(&mut self, edited_keys: ArrayView2<'_, f64>) -> Result<()> {
         self.state.record_batch(edited_keys)
     }
+
+    fn wants_edited_keys(&self) -> bool {
+        true
+    }
 }

@@ -68,6 +68,12 @@ pub trait UpdateSolver {
         let _ = edited_keys;
         Ok(())
     }
+
+    /// Whether [`after_batch`](Self::after_batch) uses the keys, so that a caller can skip
+    /// recomputing them for solvers that ignore them. Default: `false`.
+    fn wants_edited_keys(&self) -> bool {
+        false
+    }
 }
 
 /// A solver's result: the update and how it was obtained.
