@@ -132,6 +132,61 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
 
+    // One reference-style step on the first fact's real prompts.
+    let hp = EditHparams::smollm2(Method::Eamet);
+    let l_r = *hp.layers.last().unwrap();
+    let prefixes = ContextPrefixes::generate(&model, &hp.prefixes).unwrap();
+    let prepared = prepare_facts(model.tokenizer(), &facts[..1], &prefixes).unwrap();
+    let p = &prepared[0];
+    let spec = serde_json::json!({
+        "layer": l_r,
+        "rows": (0..p.templates()).map(|t| p.rewrite_prompt(t)).collect::<Vec<_>>(),
+        "subject_last": p.subject_last,
+        "targets": p.target_ids,
+        "essence": p.essence_prompt,
+        "essence_subject_last": p.essence_subject_last,
+    });
+    let spec_path =
+        std::env::temp_dir().join(format!("eamet-edit-bench-{}.json", std::process::id()));
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/edit_torch.py");
+    let base = Command::new(python())
+        .args([
+            script,
+            &path.to_string_lossy(),
+            &spec_path.to_string_lossy(),
+            &reps.to_string(),
+        ])
+        // Baseline only: the bundled numpy/torch wheels do not need these OpenBLAS overrides.
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            let line = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .last()?
+                .to_string();
+            serde_json::from_str::<serde_json::Value>(&line).ok()
+        });
+    let _ = std::fs::remove_file(&spec_path);
+    let torch_step = base.as_ref().and_then(|b| b["step"].as_f64());
+    if let (Some(t), Ok(mut f)) = (
+        torch_step,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out_path),
+    ) {
+        let _ = writeln!(
+            f,
+            "{}",
+            serde_json::json!({"label": "pytorch reference-style step", "cpu": cpu, "step": t, "n": facts.len()})
+        );
+    }
+
     let mut rows: Vec<Row> = Vec::new();
     for (method, block) in variants() {
         let mut hp = EditHparams::smollm2(method);
@@ -179,48 +234,6 @@ fn main() {
             total,
         });
     }
-
-    // One reference-style step on the first fact's real prompts.
-    let hp = EditHparams::smollm2(Method::Eamet);
-    let l_r = *hp.layers.last().unwrap();
-    let prefixes = ContextPrefixes::generate(&model, &hp.prefixes).unwrap();
-    let prepared = prepare_facts(model.tokenizer(), &facts[..1], &prefixes).unwrap();
-    let p = &prepared[0];
-    let spec = serde_json::json!({
-        "layer": l_r,
-        "rows": (0..p.templates()).map(|t| p.rewrite_prompt(t)).collect::<Vec<_>>(),
-        "subject_last": p.subject_last,
-        "targets": p.target_ids,
-        "essence": p.essence_prompt,
-        "essence_subject_last": p.essence_subject_last,
-    });
-    let spec_path =
-        std::env::temp_dir().join(format!("eamet-edit-bench-{}.json", std::process::id()));
-    std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/edit_torch.py");
-    let base = Command::new(python())
-        .args([
-            script,
-            &path.to_string_lossy(),
-            &spec_path.to_string_lossy(),
-            &reps.to_string(),
-        ])
-        // Baseline only: the bundled numpy/torch wheels do not need these OpenBLAS overrides.
-        .env_remove("OPENBLAS_CORETYPE")
-        .env_remove("OPENBLAS_L2_SIZE")
-        .stderr(Stdio::inherit())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| {
-            let line = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .last()?
-                .to_string();
-            serde_json::from_str::<serde_json::Value>(&line).ok()
-        });
-    let _ = std::fs::remove_file(&spec_path);
-    let torch_step = base.as_ref().and_then(|b| b["step"].as_f64());
 
     println!(
         "\nSmolLM2-135M (f32, CPU: {cpu}, {} libtorch threads), {source}, layers {:?}, l_R = {l_r}\n",

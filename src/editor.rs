@@ -325,6 +325,9 @@ pub struct Editor<'m, M: EditableLm + ?Sized> {
     opts: EditOptions,
 }
 
+/// `(layer, Δ)` per edited layer.
+type LayerDeltas = Vec<(usize, Array2<f32>)>;
+
 fn to_tensor(a: &Array2<f32>) -> Tensor {
     let (r, c) = a.dim();
     let v: Vec<f32> = a.iter().copied().collect();
@@ -621,7 +624,7 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
         residuals: &Residuals,
         stats: &[eamet_solve::KeyStats],
         l_r: usize,
-    ) -> Result<(Vec<(usize, Array2<f32>)>, Vec<String>), Error> {
+    ) -> Result<(LayerDeltas, Vec<String>), Error> {
         let z = residuals.targets();
         let layers = self.hp.layers.clone();
         let mut deltas = Vec::with_capacity(layers.len());

@@ -115,6 +115,7 @@ pub fn run(a: EditArgs) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "method": eamet::evaluation::method_name(method),
+            "schedule": out.schedule,
             "facts": facts.iter().zip(&before).zip(&after).zip(&hits).map(|(((f, b), a), h)| serde_json::json!({
                 "prompt": f.filled_prompt(), "target_new": f.target_new, "before": b, "after": a, "edited": h,
             })).collect::<Vec<_>>(),

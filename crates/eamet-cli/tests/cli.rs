@@ -74,6 +74,16 @@ fn help_of_every_command_has_an_example() {
     }
     // A usage error is clap's: exit status 2.
     eamet().args(["edit", "--no-such-flag"]).assert().code(2);
+    // --block takes a whole number of facts ≥ 1, on edit and eval.
+    for cmd in ["edit", "eval"] {
+        for bad in ["0", "x", "-3", "2.5"] {
+            eamet()
+                .args([cmd, &format!("--block={bad}")])
+                .assert()
+                .code(2)
+                .stderr(predicate::str::contains("--block"));
+        }
+    }
 }
 
 #[test]
@@ -227,7 +237,9 @@ fn generate_edit_patch_round_trip() {
     let facts = write(dir.path(), "facts.jsonl", TWO_FACTS);
     let patch = dir.path().join("edit.safetensors");
     let out = eamet()
-        .args(["edit", "--method", "memit", "--json", "--facts"])
+        .args([
+            "edit", "--method", "memit", "--block", "2", "--json", "--facts",
+        ])
         .arg(&facts)
         .arg("--patch")
         .arg(&patch)
@@ -240,6 +252,7 @@ fn generate_edit_patch_round_trip() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["edited"], 2, "{v}");
+    assert_eq!(v["schedule"]["batched"]["batch"], 2, "{v}");
     assert!(patch.exists());
 
     let out = eamet()

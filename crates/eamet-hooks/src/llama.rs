@@ -9,7 +9,7 @@ use crate::error::{io_err, ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{
     check_positions, flat_index, Batch, EditableLm, Generation, LogProbs, Output, Padding, Plan,
-    Site, Start, TokenPicker,
+    Positions, Site, Start, TokenPicker,
 };
 use crate::quant::dequantize_tensor;
 use crate::tokenizer::Tokenizer;
@@ -342,6 +342,68 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[x2.neg(), x1], 3)
 }
 
+/// The real (non-padding) slots of a `[B, T]` region, for running the position-wise layers
+/// (projections, norms, MLP: nearly all the FLOPs) on real tokens only. Attention runs on the
+/// padded layout, into which the projections are scattered (padding stays zero).
+struct Packing {
+    /// Flat slot (`row·T + slot`) of every real token, in order: `[n]` (i64).
+    idx: Tensor,
+    /// Packed row of every flat slot, `-1` for padding.
+    inv: Vec<i64>,
+    /// `B·T`.
+    slots: i64,
+}
+
+impl Packing {
+    /// `None` when the region has no padding (nothing to save).
+    fn of(mask: &Tensor, device: Device) -> Result<Option<Self>> {
+        let m = Vec::<i64>::try_from(mask.to_device(Device::Cpu).contiguous().view([-1]))?;
+        let real: Vec<i64> = (0..m.len() as i64)
+            .filter(|&i| m[i as usize] != 0)
+            .collect();
+        if real.len() == m.len() || real.is_empty() {
+            return Ok(None);
+        }
+        let mut inv = vec![-1i64; m.len()];
+        for (k, &i) in real.iter().enumerate() {
+            inv[i as usize] = k as i64;
+        }
+        Ok(Some(Packing {
+            idx: Tensor::from_slice(&real).to_device(device),
+            inv,
+            slots: m.len() as i64,
+        }))
+    }
+
+    /// Whether every flat slot is a real token.
+    fn covers(&self, flat: &[i64]) -> bool {
+        flat.iter()
+            .all(|&f| self.inv.get(f as usize).is_some_and(|&k| k >= 0))
+    }
+
+    /// Flat slots of `(row, slot)` positions in a region of width `w` starting at `offset`.
+    fn flat(at: &[(usize, usize)], w: usize, offset: usize) -> Vec<i64> {
+        at.iter()
+            .map(|&(r, s)| (r * w + s - offset) as i64)
+            .collect()
+    }
+
+    /// Packed rows of positions (callers check [`covers`](Self::covers) first).
+    fn rows(&self, at: &[(usize, usize)], w: usize, offset: usize) -> Tensor {
+        let k: Vec<i64> = Self::flat(at, w, offset)
+            .iter()
+            .map(|&x| self.inv[x as usize])
+            .collect();
+        Tensor::from_slice(&k).to_device(self.idx.device())
+    }
+
+    /// `[n, w]` packed rows back to `[B·T, w]`, zeros at padding.
+    fn unpack(&self, x: &Tensor) -> Tensor {
+        let w = x.size()[1];
+        Tensor::zeros([self.slots, w], (x.kind(), x.device())).index_copy(0, &self.idx, x)
+    }
+}
+
 impl LlamaModel {
     /// Load a GGUF file (Llama, Mistral or Qwen2 architecture) onto `device`, f32.
     pub fn from_gguf(path: impl AsRef<Path>, device: Device) -> Result<Self> {
@@ -520,17 +582,24 @@ impl LlamaModel {
         sin: &Tensor,
         mask: &Tensor,
         cache: Option<&mut (Tensor, Tensor)>,
+        packed: Option<(&Packing, i64, i64)>,
     ) -> Tensor {
-        let (b, t) = (x.size()[0], x.size()[1]);
+        let (b, t) = match packed {
+            Some((_, b, t)) => (b, t),
+            None => (x.size()[0], x.size()[1]),
+        };
         let (nh, nkv, hd) = (
             self.cfg.n_heads as i64,
             self.cfg.n_kv_heads as i64,
             self.cfg.head_dim as i64,
         );
         let proj = |w: &Tensor, bias: &Option<Tensor>, heads: i64| {
-            x.linear(w, bias.as_ref())
-                .view([b, t, heads, hd])
-                .transpose(1, 2)
+            let y = x.linear(w, bias.as_ref());
+            let y = match packed {
+                Some((p, _, _)) => p.unpack(&y),
+                None => y,
+            };
+            y.view([b, t, heads, hd]).transpose(1, 2)
         };
         let q = proj(&blk.wq, &blk.bq, nh);
         let k = proj(&blk.wk, &blk.bk, nkv);
@@ -564,10 +633,12 @@ impl LlamaModel {
             None,
             nh != nkv,
         );
-        y.transpose(1, 2)
-            .contiguous()
-            .view([b, t, nh * hd])
-            .linear::<Tensor>(&blk.wo, None)
+        let y = y.transpose(1, 2).contiguous().view([b, t, nh * hd]);
+        let y = match packed {
+            Some((p, _, _)) => y.view([b * t, nh * hd]).index_select(0, &p.idx),
+            None => y,
+        };
+        y.linear::<Tensor>(&blk.wo, None)
     }
 
     /// Core pass over blocks `from..=to` with hooks; returns the final hidden states.
@@ -583,6 +654,7 @@ impl LlamaModel {
         plan: Option<(&Batch, &Plan)>,
         captures: &mut [Option<Tensor>],
         mut cache: Option<&mut Vec<(Tensor, Tensor)>>,
+        pack: Option<&Packing>,
     ) -> Result<Tensor> {
         let (b, t) = batch_dims;
         // Hidden states hold slots offset..T when resuming after a causal prefix.
@@ -590,14 +662,20 @@ impl LlamaModel {
             .and_then(|(_, p)| p.start.as_ref())
             .map_or(0, |s| s.from_slot);
         let (cos, sin) = self.rope(positions);
+        // Rows of the (flattened or packed) hidden states at `at`.
+        let rows = |at: &[(usize, usize)], batch: &Batch| -> Tensor {
+            match pack {
+                Some(p) => p.rows(at, batch.width - offset, offset),
+                None => flat_index(batch, &at.to_vec(), offset, self.device),
+            }
+        };
         let gather = |x: &Tensor, at: &Option<Vec<(usize, usize)>>, batch: &Batch| -> Tensor {
-            match at {
-                None => x.shallow_clone(),
-                Some(at) => {
-                    let dim = x.size()[2];
-                    x.reshape([b * t, dim])
-                        .index_select(0, &flat_index(batch, at, offset, self.device))
-                }
+            let dim = *x.size().last().expect("hidden states have a width");
+            match (at, pack) {
+                (None, None) => x.shallow_clone(),
+                (None, Some(p)) => p.unpack(x).view([b, t, dim]),
+                (Some(at), None) => x.reshape([b * t, dim]).index_select(0, &rows(at, batch)),
+                (Some(at), Some(_)) => x.index_select(0, &rows(at, batch)),
             }
         };
         for l in from..=to {
@@ -617,6 +695,7 @@ impl LlamaModel {
                 &sin,
                 mask,
                 layer_cache,
+                pack.map(|p| (p, b, t)),
             );
             let h_mid = h + a;
             let n = rms_norm(&h_mid, &blk.mlp_norm, self.cfg.rms_eps);
@@ -637,10 +716,13 @@ impl LlamaModel {
                     } else {
                         e.delta.shallow_clone()
                     };
-                    m = m
-                        .reshape([b * t, d])
-                        .f_index_add(0, &flat_index(batch, &e.at, offset, self.device), &delta)?
-                        .view([b, t, d]);
+                    m = match pack {
+                        Some(_) => m.f_index_add(0, &rows(&e.at, batch), &delta)?,
+                        None => m
+                            .reshape([b * t, d])
+                            .f_index_add(0, &rows(&e.at, batch), &delta)?
+                            .view([b, t, d]),
+                    };
                 }
                 for (i, c) in plan.captures.iter().enumerate() {
                     if c.layer == l && c.site == Site::MlpOut {
@@ -784,6 +866,49 @@ impl LlamaModel {
         Ok(())
     }
 
+    /// Packing of the recomputed region of a forward pass, when it has padding and every
+    /// position the plan reads or writes is a real token (otherwise the padded layout is used).
+    fn packing(&self, batch: &Batch, plan: &Plan, offset: usize) -> Result<Option<Packing>> {
+        let t = batch.width - offset;
+        let Some(p) = Packing::of(&batch.mask.narrow(1, offset as i64, t as i64), self.device)?
+        else {
+            return Ok(None);
+        };
+        let mut at: Vec<&[(usize, usize)]> = Vec::new();
+        for c in &plan.captures {
+            match &c.at {
+                Some(a) => at.push(a),
+                None => return Ok(None),
+            }
+        }
+        at.extend(plan.edits.iter().map(|e| e.at.as_slice()));
+        match &plan.logprobs {
+            Some(LogProbs::Tokens { at: a, .. }) | Some(LogProbs::Full { at: a }) => at.push(a),
+            None => {}
+        }
+        let real = at.iter().all(|a| p.covers(&Packing::flat(a, t, offset)));
+        Ok(real.then_some(p))
+    }
+
+    /// Rows of the final hidden states (`[B, T, d]`, or packed `[n, d]`) at `at`.
+    fn select_rows(
+        &self,
+        h: &Tensor,
+        batch: &Batch,
+        at: &Positions,
+        offset: usize,
+        pack: Option<&Packing>,
+    ) -> Tensor {
+        match pack {
+            Some(p) => h.index_select(0, &p.rows(at, batch.width - offset, offset)),
+            None => {
+                let d = self.cfg.d_model as i64;
+                h.reshape([-1, d])
+                    .index_select(0, &flat_index(batch, at, offset, self.device))
+            }
+        }
+    }
+
     /// Final norm + LM head on selected rows of flattened hidden states -> log-softmax.
     fn head_logprobs(&self, h_sel: &Tensor) -> Tensor {
         rms_norm(h_sel, &self.norm, self.cfg.rms_eps)
@@ -807,6 +932,7 @@ impl LlamaModel {
             self.cfg.n_layers - 1,
             None,
             &mut caps,
+            None,
             None,
         )?;
         let at: Vec<(usize, usize)> = batch.last_slots().into_iter().enumerate().collect();
@@ -869,6 +995,13 @@ impl EditableLm for LlamaModel {
                     .collect()
             });
         let mut caps: Vec<Option<Tensor>> = (0..plan.captures.len()).map(|_| None).collect();
+        let pack = self.packing(batch, plan, offset)?;
+        let h0 = match &pack {
+            Some(p) => h0
+                .reshape([b * t, self.cfg.d_model as i64])
+                .index_select(0, &p.idx),
+            None => h0,
+        };
         let h = self.run_blocks(
             (b, t),
             h0,
@@ -879,13 +1012,12 @@ impl EditableLm for LlamaModel {
             Some((batch, plan)),
             &mut caps,
             past.as_mut(),
+            pack.as_ref(),
         )?;
         let logprobs = match &plan.logprobs {
             None => None,
             Some(LogProbs::Tokens { at, tokens }) => {
-                let sel = h
-                    .reshape([b * t, self.cfg.d_model as i64])
-                    .index_select(0, &flat_index(batch, at, offset, self.device));
+                let sel = self.select_rows(&h, batch, at, offset, pack.as_ref());
                 let lp = self.head_logprobs(&sel);
                 let tok: Vec<i64> = tokens.iter().map(|&x| x as i64).collect();
                 let tok = Tensor::from_slice(&tok)
@@ -894,9 +1026,7 @@ impl EditableLm for LlamaModel {
                 Some(lp.gather(1, &tok, false).view([-1]))
             }
             Some(LogProbs::Full { at }) => {
-                let sel = h
-                    .reshape([b * t, self.cfg.d_model as i64])
-                    .index_select(0, &flat_index(batch, at, offset, self.device));
+                let sel = self.select_rows(&h, batch, at, offset, pack.as_ref());
                 Some(self.head_logprobs(&sel))
             }
         };
@@ -935,6 +1065,7 @@ impl EditableLm for LlamaModel {
                 None,
                 &mut caps,
                 None,
+                None,
             )?
         };
         let mut past: Vec<(Tensor, Tensor)> = (0..self.cfg.n_layers)
@@ -956,6 +1087,7 @@ impl EditableLm for LlamaModel {
                 None,
                 &mut caps,
                 Some(&mut past),
+                None,
             )?;
         }
         Ok(Start {
@@ -1013,6 +1145,7 @@ impl EditableLm for LlamaModel {
             None,
             &mut caps,
             Some(&mut cache),
+            None,
         )?;
         let mut last = h.select(1, t - 1); // left padding: the last slot is every row's last token
         let mut next_pos: Vec<i64> = batch.lengths.iter().map(|&l| l as i64).collect();
@@ -1077,6 +1210,7 @@ impl EditableLm for LlamaModel {
                 None,
                 &mut caps,
                 Some(&mut cache),
+                None,
             )?;
             last = h.view([b, d]);
             for p in next_pos.iter_mut() {

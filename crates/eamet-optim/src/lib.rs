@@ -3,9 +3,11 @@
 //! Per-fact residual optimization for locate-then-edit knowledge editing (ALGORITHM.md §1–§3).
 //! Its one job: find, for each fact, the vector `δ_i` added to the hidden state at the
 //! subject's last token at block `l_R` that makes the model say the new object —
-//! independently per fact (MEMIT, [`Schedule::Independent`]) or one fact after another with
-//! EAMET's alignment terms against the residuals saved so far ([`Schedule::Sequential`]) —
-//! with loss terms behind one small trait ([`LossTerm`]) and runs that resume after a kill.
+//! independently per fact (MEMIT: [`Schedule::Independent`], or [`Schedule::Batched`] with
+//! many facts per forward/backward pass) or one fact after another with EAMET's alignment
+//! terms against the residuals saved so far ([`Schedule::Sequential`], or
+//! [`Schedule::Blocked`]: blocks of facts optimized together) — with loss terms behind one
+//! small trait ([`LossTerm`]) and runs that resume after a kill.
 //!
 //! Pipeline:
 //! 1. [`ContextPrefixes::load_or_generate`]: the context templates, sampled once per model

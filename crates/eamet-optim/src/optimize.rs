@@ -119,7 +119,8 @@ pub struct FactStats {
     pub delta_norm: f64,
     /// `‖h_i‖`.
     pub h_norm: f64,
-    /// Wall-clock seconds of this fact's optimization (not part of any result).
+    /// Wall-clock seconds from the fact's set-up to its last step (not part of any result).
+    /// Facts optimized together overlap: their seconds do not add up to the run's time.
     pub seconds: f64,
 }
 
