@@ -111,7 +111,7 @@ pub enum LayerWeights {
 
 /// Facts per optimizer pass in the SmolLM2 presets (see [`EditHparams::block`]), chosen by
 /// measurement (docs/benchmarks.md).
-pub const SMOLLM2_BLOCK: usize = 16;
+pub const SMOLLM2_BLOCK: usize = 8;
 
 /// Hyperparameters of an edit; accepts the reference hparams files' field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
