@@ -11,7 +11,9 @@
 //! demo facts), `EAMET_BENCH_PYTHON` (default `$EAMET_HOME/pyenv/bin/python`, made by
 //! `cargo xtask pyenv`), `BENCH_REPS` (7), `EAMET_BENCH_OUT` (JSON lines, one per variant as it
 //! finishes; default `target/bench-edit.jsonl`). The statistics phase uses the per-user cache;
-//! the first run fills it.
+//! the first run fills it. After the tables it prints a roofline: each variant's model FLOP/s
+//! in the optimizer's forward and backward passes (from `Residuals::work`) against a lone
+//! libtorch matrix product of the passes' largest shape.
 
 use eamet::eval::data::{load, LoadOptions};
 use eamet::hooks::tch::Device;
@@ -83,6 +85,45 @@ fn strict_efficacy(model: &LlamaModel, facts: &[Fact]) -> f64 {
         .filter(|(c, t)| c.ids.len() >= t.len() && c.ids[..t.len()] == t[..])
         .count();
     hits as f64 / facts.len() as f64
+}
+
+/// Model FLOPs of the optimizer's passes (matrix products only: projections, MLP, LM head;
+/// attention scores over these short prompts and the element-wise work are left out). The
+/// backward pass needs input gradients only (weights are frozen), the same count as the forward.
+fn optimizer_flops(model: &LlamaModel, w: &eamet::optim::Work) -> f64 {
+    let c = model.config();
+    let (d, q, kv, ff) = (
+        c.d_model as f64,
+        (c.n_heads * c.head_dim) as f64,
+        (c.n_kv_heads * c.head_dim) as f64,
+        c.d_ff as f64,
+    );
+    let per_token_block = 2.0 * (d * q + 2.0 * d * kv + q * d + 3.0 * d * ff);
+    let blocks = (c.n_layers - w.first_layer) as f64;
+    let per_row_head = 2.0 * d * c.vocab_size as f64;
+    let tokens = (w.forward_tokens + w.backward_tokens) as f64;
+    let rows = (w.logprob_rows + w.backward_logprob_rows) as f64;
+    tokens * blocks * per_token_block + rows * per_row_head
+}
+
+/// libtorch's f32 matrix-product throughput on this machine (GFLOP/s) for the optimizer's
+/// largest product shape: `tokens × d_model` times `d_model × d_ff`, best of a few runs.
+fn gemm_gflops(model: &LlamaModel, tokens: i64) -> f64 {
+    use eamet::hooks::tch::{Kind, Tensor};
+    let c = model.config();
+    let (d, ff) = (c.d_model as i64, c.d_ff as i64);
+    let a = Tensor::randn([tokens, d], (Kind::Float, Device::Cpu));
+    let b = Tensor::randn([d, ff], (Kind::Float, Device::Cpu));
+    let _ = a.matmul(&b);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            let _ = a.matmul(&b);
+        }
+        best = best.min(t.elapsed().as_secs_f64() / 20.0);
+    }
+    2.0 * (tokens * d * ff) as f64 / best / 1e9
 }
 
 struct Row {
@@ -218,6 +259,8 @@ fn main() {
             "written_misalignment_total": out.written_misalignment_total,
             "converged": out.residuals.stats.iter().filter(|s| s.final_nll < 0.5).count(),
             "profile": out.residuals.profile,
+            "work": out.residuals.work,
+            "optimizer_gflop": optimizer_flops(&model, &out.residuals.work) / 1e9,
         });
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
@@ -289,6 +332,36 @@ fn main() {
             r.label,
             parts.join(", "),
             prof.join(", ")
+        );
+    }
+    // Roofline: the optimizer's model FLOPs over its forward + backward seconds, against
+    // libtorch's own matrix-product throughput at the batch sizes the passes use.
+    println!("\nthroughput of the optimizer's forward + backward (matrix products only):");
+    for r in &rows {
+        let w = &r.out.residuals.work;
+        let secs: f64 = r
+            .out
+            .residuals
+            .profile
+            .iter()
+            .filter(|(n, _)| n == "forward" || n == "backward")
+            .map(|(_, s)| s)
+            .sum();
+        let per_pass = w.forward_tokens / w.passes.max(1);
+        let gemm = gemm_gflops(&model, per_pass.max(1) as i64);
+        let got = optimizer_flops(&model, w) / secs.max(1e-9) / 1e9;
+        println!(
+            "- {}: {} passes, {:.0} tokens per pass, {:.1} GFLOP per fact, {:.1} GFLOP/s; a lone {}x{}x{} product: {:.1} GFLOP/s ({:.0}%)",
+            r.label,
+            w.passes,
+            per_pass,
+            optimizer_flops(&model, w) / 1e9 / nf,
+            got,
+            per_pass,
+            model.config().d_model,
+            model.config().d_ff,
+            gemm,
+            100.0 * got / gemm
         );
     }
     match (torch_step, base.as_ref()) {

@@ -43,7 +43,7 @@ pub use loss::{
     AlignmentKl, AlignmentTargets, EssenceKl, LossTerm, NeighbourMse, NormPenalty, Objective,
     PrefixNll, StepContext, TermGroup,
 };
-pub use optimize::{optimize_residuals, FactStats, Residuals, RunOptions, Schedule};
+pub use optimize::{optimize_residuals, FactStats, Residuals, RunOptions, Schedule, Work};
 pub use prefixes::{ContextPrefixes, PrefixLength, PrefixSpec, Sampler};
 
 use eamet_hooks::tch::{Device, Kind, Tensor};

@@ -141,6 +141,29 @@ pub struct Residuals {
     /// `loss` (the terms), `backward`, `update` (Adam and clamps) and `save`. A profile, not
     /// part of any result.
     pub profile: Vec<(String, f64)>,
+    /// How much model arithmetic the optimizer did (for throughput figures; not part of any
+    /// result).
+    pub work: Work,
+}
+
+/// Counts of the optimizer's model work, summed over its passes: enough to turn the profile's
+/// seconds into a throughput (FLOP/s) for a given architecture.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Work {
+    /// First block every optimizer pass runs (the residual layer `l_R`: passes resume there from
+    /// the saved causal prefix); every pass runs the blocks from it to the last.
+    pub first_layer: usize,
+    /// Forward passes (one per optimizer iteration, all facts in flight together).
+    pub passes: u64,
+    /// Real (non-padding) token positions that went through the blocks, over all forward passes.
+    pub forward_tokens: u64,
+    /// Of those, positions that a backward pass went through again.
+    pub backward_tokens: u64,
+    /// Positions where the final norm and LM head were applied (log-probs over the vocabulary),
+    /// over all forward passes.
+    pub logprob_rows: u64,
+    /// Of those, rows that a backward pass went through again.
+    pub backward_logprob_rows: u64,
 }
 
 impl Residuals {
@@ -207,6 +230,8 @@ struct FactBatch {
     at: Vec<(usize, usize)>,
     /// Target token at each of the first `templates·|target|` positions.
     tokens: Tensor,
+    /// Real token positions each pass recomputes (from the first subject slot on).
+    recomputed: u64,
 }
 
 fn fact_batch<M: EditableLm + ?Sized>(
@@ -242,7 +267,14 @@ fn fact_batch<M: EditableLm + ?Sized>(
         .collect();
     let from_slot = subject_slots.iter().map(|&(_, s)| s).min().unwrap_or(0);
     let state = model.prefix_state(&batch, layer, from_slot)?;
+    let recomputed = batch
+        .starts
+        .iter()
+        .zip(&batch.lengths)
+        .map(|(&s, &l)| (s + l).saturating_sub(s.max(from_slot)) as u64)
+        .sum();
     Ok(FactBatch {
+        recomputed,
         batch,
         state,
         subject_slots,
@@ -399,6 +431,10 @@ pub fn optimize_residuals<M: EditableLm + ?Sized>(
         done: 0,
         resumed: 0,
         profile: Profile::default(),
+        work: Work {
+            first_layer: layer,
+            ..Work::default()
+        },
     };
     let outcome = if schedule.is_aligned() {
         run.blocked(schedule.width())
@@ -431,6 +467,7 @@ pub fn optimize_residuals<M: EditableLm + ?Sized>(
         stats,
         resumed: run.resumed,
         profile: run.profile.entries(),
+        work: run.work,
     })
 }
 
@@ -527,6 +564,7 @@ struct Run<'a, M: EditableLm + ?Sized> {
     done: usize,
     resumed: usize,
     profile: Profile,
+    work: Work,
 }
 
 impl<'a, M: EditableLm + ?Sized> Run<'a, M> {
@@ -573,6 +611,102 @@ impl<'a, M: EditableLm + ?Sized> Run<'a, M> {
         Ok(())
     }
 
+    /// One optimizer iteration of every fact in `active`, in one forward and one backward pass.
+    /// A fact whose loss falls below the early-stop threshold, or that reaches its last iteration,
+    /// is marked finished (and not updated), as in the one-fact loop of the reference.
+    fn step(&mut self, active: &mut [&mut InFlight<'a>], joint: &mut JointCache) -> Result<()> {
+        let (model, layer, hparams, objective) =
+            (self.model, self.layer, self.hparams, self.objective);
+        let (profile, work) = (&mut self.profile, &mut self.work);
+        let hp = hparams.get();
+        let d = model.config().d_model as i64;
+        let mut t = Instant::now();
+        joint.update(model, active)?;
+        profile.join += lap(&mut t);
+        let joined = joint.joined.as_ref().expect("set by update");
+        for a in active.iter_mut() {
+            a.delta.zero_grad();
+        }
+        // One edit for all facts: each fact's δ at its rows' subject-last slots.
+        let edit_delta = if active.len() == 1 {
+            active[0].delta.shallow_clone()
+        } else {
+            let pieces: Vec<Tensor> = active
+                .iter()
+                .zip(&joint.subject_at)
+                .map(|(a, at)| a.delta.view([1, d]).expand([at.len() as i64, d], false))
+                .collect();
+            Tensor::cat(&pieces, 0)
+        };
+        let out = model.forward(
+            &joined.batch,
+            &Plan {
+                start: Some(joined.start.shallow_clone()),
+                edits: vec![Edit {
+                    layer,
+                    at: joint.subject_at.concat(),
+                    delta: edit_delta,
+                }],
+                logprobs: Some(LogProbs::Full {
+                    at: joint.logprob_at.concat(),
+                }),
+                ..Default::default()
+            },
+        )?;
+        let lp = out
+            .logprobs
+            .ok_or_else(|| OptimError::Input("the model returned no log-probs".into()))?;
+        profile.forward += lap(&mut t);
+        let tokens: u64 = active.iter().map(|a| a.fb.recomputed).sum();
+        let lp_rows = lp.size()[0] as u64;
+        work.passes += 1;
+        work.forward_tokens += tokens;
+        work.logprob_rows += lp_rows;
+        let mut row = 0i64;
+        let mut totals = Vec::with_capacity(active.len());
+        for (a, at) in active.iter_mut().zip(&joint.logprob_at) {
+            let rows = at.len() as i64;
+            let lp_f = lp.narrow(0, row, rows);
+            row += rows;
+            let total = fact_loss(a, &lp_f, hparams, objective)?;
+            let step = a.step;
+            if step >= hp.early_stop_min_step && a.last_loss < hp.early_stop_loss {
+                a.early_stopped = true;
+                a.finished = true;
+            } else if step + 1 >= hp.v_num_grad_steps {
+                a.finished = true;
+            } else {
+                totals.push(total);
+            }
+        }
+        profile.loss += lap(&mut t);
+        if totals.is_empty() {
+            return Ok(());
+        }
+        let total = if totals.len() == 1 {
+            totals.pop().expect("one")
+        } else {
+            Tensor::stack(&totals, 0).sum(Kind::Double)
+        };
+        total.backward();
+        profile.backward += lap(&mut t);
+        work.backward_tokens += tokens;
+        work.backward_logprob_rows += lp_rows;
+        for a in active.iter_mut().filter(|a| !a.finished) {
+            let g = a.delta.grad();
+            a.adam.step(&mut a.delta, &g);
+            a.updates += 1;
+            a.step += 1;
+            let _g = tch::no_grad_guard();
+            let norm = a.delta.norm().double_value(&[]);
+            if norm > a.max_norm {
+                let _ = a.delta.f_mul_scalar_(a.max_norm / norm).map(|_| ());
+            }
+        }
+        profile.update += lap(&mut t);
+        Ok(())
+    }
+
     /// Independent facts, up to `width` in flight (continuous batching).
     fn batched(&mut self, width: usize) -> Result<()> {
         let mut pending = std::collections::VecDeque::new();
@@ -600,15 +734,7 @@ impl<'a, M: EditableLm + ?Sized> Run<'a, M> {
                 return Ok(());
             }
             let mut refs: Vec<&mut InFlight> = active.iter_mut().collect();
-            step_all(
-                self.model,
-                &mut refs,
-                self.layer,
-                self.hparams,
-                self.objective,
-                &mut joint,
-                &mut self.profile,
-            )?;
+            self.step(&mut refs, &mut joint)?;
             let mut k = 0;
             while k < active.len() {
                 if active[k].finished {
@@ -678,15 +804,7 @@ impl<'a, M: EditableLm + ?Sized> Run<'a, M> {
                 }
                 let mut refs: Vec<&mut InFlight> =
                     block.iter_mut().filter(|a| !a.finished).collect();
-                step_all(
-                    self.model,
-                    &mut refs,
-                    self.layer,
-                    self.hparams,
-                    self.objective,
-                    &mut joint,
-                    &mut self.profile,
-                )?;
+                self.step(&mut refs, &mut joint)?;
             }
             drop(joint);
             for a in block {
@@ -897,100 +1015,6 @@ impl JointCache {
         self.facts = ids;
         Ok(())
     }
-}
-
-/// One optimizer iteration of every fact in `active`, in one forward and one backward pass.
-/// A fact whose loss falls below the early-stop threshold, or that reaches its last iteration,
-/// is marked finished (and not updated), as in the one-fact loop of the reference.
-fn step_all<M: EditableLm + ?Sized>(
-    model: &M,
-    active: &mut [&mut InFlight<'_>],
-    layer: usize,
-    hparams: &CheckedResidualHparams,
-    objective: &Objective,
-    joint: &mut JointCache,
-    profile: &mut Profile,
-) -> Result<()> {
-    let hp = hparams.get();
-    let d = model.config().d_model as i64;
-    let mut t = Instant::now();
-    joint.update(model, active)?;
-    profile.join += lap(&mut t);
-    let joined = joint.joined.as_ref().expect("set by update");
-    for a in active.iter_mut() {
-        a.delta.zero_grad();
-    }
-    // One edit for all facts: each fact's δ at its rows' subject-last slots.
-    let edit_delta = if active.len() == 1 {
-        active[0].delta.shallow_clone()
-    } else {
-        let pieces: Vec<Tensor> = active
-            .iter()
-            .zip(&joint.subject_at)
-            .map(|(a, at)| a.delta.view([1, d]).expand([at.len() as i64, d], false))
-            .collect();
-        Tensor::cat(&pieces, 0)
-    };
-    let out = model.forward(
-        &joined.batch,
-        &Plan {
-            start: Some(joined.start.shallow_clone()),
-            edits: vec![Edit {
-                layer,
-                at: joint.subject_at.concat(),
-                delta: edit_delta,
-            }],
-            logprobs: Some(LogProbs::Full {
-                at: joint.logprob_at.concat(),
-            }),
-            ..Default::default()
-        },
-    )?;
-    let lp = out
-        .logprobs
-        .ok_or_else(|| OptimError::Input("the model returned no log-probs".into()))?;
-    profile.forward += lap(&mut t);
-    let mut row = 0i64;
-    let mut totals = Vec::with_capacity(active.len());
-    for (a, at) in active.iter_mut().zip(&joint.logprob_at) {
-        let rows = at.len() as i64;
-        let lp_f = lp.narrow(0, row, rows);
-        row += rows;
-        let total = fact_loss(a, &lp_f, hparams, objective)?;
-        let step = a.step;
-        if step >= hp.early_stop_min_step && a.last_loss < hp.early_stop_loss {
-            a.early_stopped = true;
-            a.finished = true;
-        } else if step + 1 >= hp.v_num_grad_steps {
-            a.finished = true;
-        } else {
-            totals.push(total);
-        }
-    }
-    profile.loss += lap(&mut t);
-    if totals.is_empty() {
-        return Ok(());
-    }
-    let total = if totals.len() == 1 {
-        totals.pop().expect("one")
-    } else {
-        Tensor::stack(&totals, 0).sum(Kind::Double)
-    };
-    total.backward();
-    profile.backward += lap(&mut t);
-    for a in active.iter_mut().filter(|a| !a.finished) {
-        let g = a.delta.grad();
-        a.adam.step(&mut a.delta, &g);
-        a.updates += 1;
-        a.step += 1;
-        let _g = tch::no_grad_guard();
-        let norm = a.delta.norm().double_value(&[]);
-        if norm > a.max_norm {
-            let _ = a.delta.f_mul_scalar_(a.max_norm / norm).map(|_| ());
-        }
-    }
-    profile.update += lap(&mut t);
-    Ok(())
 }
 
 /// The objective of one fact from its log-probs (`[rows, vocab]` at `fb.at`); records the

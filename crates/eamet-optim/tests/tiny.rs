@@ -772,9 +772,20 @@ fn batched_equals_one_at_a_time_per_fact() {
         steps.iter().any(|&s| s != steps[0]),
         "the facts must stop at different steps for this test to mean something: {steps:?}"
     );
+    // Work counts: one pass per iteration (updates + the final evaluation) one at a time; the
+    // same per-fact work in fewer passes when batched.
+    let w = one.work;
+    assert_eq!(w.first_layer, 1);
+    let iterations: usize = steps.iter().map(|s| s + 1).sum();
+    assert_eq!(w.passes, iterations as u64);
+    assert!(w.forward_tokens > 0 && w.backward_tokens < w.forward_tokens);
+    assert!(w.backward_logprob_rows < w.logprob_rows);
     for batch in [2, 3, 4, 9] {
         let b = run_schedule(&m, &prepared, &keys, &h, Schedule::Batched { batch });
         close_per_fact(&one, &b, 1e-4);
+        assert_eq!(b.work.forward_tokens, w.forward_tokens, "batch {batch}");
+        assert_eq!(b.work.logprob_rows, w.logprob_rows, "batch {batch}");
+        assert!(b.work.passes < w.passes, "batch {batch}");
     }
     assert_eq!(
         run_schedule(&m, &prepared, &keys, &h, Schedule::Batched { batch: 1 }).deltas,
