@@ -6,6 +6,7 @@
 use crate::editor::{EditHparams, EditOptions, Editor, Method};
 use crate::Error;
 use eamet_eval::data::EvalRecord;
+use eamet_eval::drift::DriftReference;
 use eamet_eval::metrics::{evaluate, ContextPrefixes, EvalConfig, RecordEval};
 use eamet_eval::report::{Checkpoint, MisalignmentInfo, Report, RunInfo};
 use eamet_hooks::EditableLm;
@@ -142,7 +143,17 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         }
     };
 
-    let result = edit_and_evaluate(model, records, &facts, plan, &prefixes, &pre);
+    // The unedited model's side of the neighbourhood drift (KL, drawdown).
+    let reference = DriftReference::new(
+        &*model,
+        &pre,
+        plan.eval.lenient_tokens,
+        plan.eval.batch_size,
+    )
+    .map_err(input)?;
+    lap("drift reference (pre)", &mut t);
+
+    let result = edit_and_evaluate(model, records, &facts, plan, &prefixes, &pre, &reference);
     model.restore();
     let (post, outcome_parts, checkpoints, edit_timings) = result?;
     timings.extend(edit_timings);
@@ -159,6 +170,14 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
     info.hparams = serde_json::to_value(&plan.hparams).map_err(input)?;
     let mut report = Report::new(info, pre, post, timings);
     report.checkpoints = checkpoints;
+    let extra = eamet_eval::metrics::extra_sample(
+        records.len(),
+        plan.eval.extra_sample,
+        plan.eval.extra_seed,
+    );
+    if extra.len() < records.len() {
+        report.extra_records = Some(extra);
+    }
     let (opt, written, nll) = outcome_parts;
     report.misalignment = Some(MisalignmentInfo {
         direction: "KL(P_r || P_k)".into(),
@@ -205,6 +224,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
     plan: &EvalPlan,
     prefixes: &ContextPrefixes,
     pre: &[RecordEval],
+    reference: &DriftReference,
 ) -> Result<Parts, Error> {
     let batch = match plan.schedule {
         EvalSchedule::AllThenEvaluate => facts.len(),
@@ -271,8 +291,12 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
     }
     drop(editor);
     let t = Instant::now();
-    let post = evaluate(&*model, records, prefixes, &plan.eval, Some(pre)).map_err(input)?;
+    let mut post = evaluate(&*model, records, prefixes, &plan.eval, Some(pre)).map_err(input)?;
     timings.push(("evaluate (post)".into(), t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    let drift = reference.measure(&*model).map_err(input)?;
+    reference.annotate(&mut post, &drift).map_err(input)?;
+    timings.push(("drift (post)".into(), t.elapsed().as_secs_f64()));
     if n_batches > 1 {
         checkpoints.push(Checkpoint {
             edits: facts.len(),

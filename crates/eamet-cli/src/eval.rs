@@ -22,11 +22,13 @@ pub struct EvalArgs {
     pub layers: Option<Vec<usize>>,
     pub block: Option<usize>,
     pub corpus: Vec<PathBuf>,
+    pub stats_corpus: Vec<PathBuf>,
     pub report: PathBuf,
     pub batch_size: Option<usize>,
     pub seed: u64,
     pub no_fluency: bool,
     pub no_robustness: bool,
+    pub extra_sample: usize,
     pub run_dir: Option<PathBuf>,
     pub same_subject: bool,
     pub pre_from: Option<PathBuf>,
@@ -97,6 +99,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let facts: Vec<_> = records.iter().map(|r| r.rewrite.to_fact()).collect();
     eamet::optim::validate_facts(&facts)?;
     let corpus = corpus(&a.corpus)?;
+    let stats_corpus = self::corpus(&a.stats_corpus)?;
     let path = resolve_model(a.model)?;
     let mut model = load_model(&path)?;
     let hp = hparams(
@@ -122,6 +125,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     };
     let mut eval = EvalConfig {
         progress: !a.json,
+        extra_sample: (a.extra_sample < records.len()).then_some(a.extra_sample),
+        extra_seed: a.seed,
         ..Default::default()
     };
     if a.no_fluency {
@@ -135,7 +140,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         hparams: hp,
         edit: EditOptions {
             run_dir: a.run_dir,
-            corpus,
+            corpus: if a.stats_corpus.is_empty() {
+                corpus
+            } else {
+                stats_corpus
+            },
             progress: !a.json,
             ..Default::default()
         },

@@ -135,6 +135,10 @@ enum Command {
         /// Generic text for the key statistics and the context prefixes; default: model-written.
         #[arg(long)]
         corpus: Vec<PathBuf>,
+        /// Generic text for the key statistics only (overrides --corpus there; the context
+        /// prefixes of the metrics stay as they are, so reports stay comparable).
+        #[arg(long)]
+        stats_corpus: Vec<PathBuf>,
         /// Report directory (must not hold a report yet).
         #[arg(long)]
         report: PathBuf,
@@ -150,6 +154,10 @@ enum Command {
         /// Skip the 5/50/200-token prefix robustness suite.
         #[arg(long)]
         no_robustness: bool,
+        /// Run the fluency and robustness suites on a fixed sample of this many records (drawn
+        /// with --seed; the report lists them); at least --n means every record.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+        extra_sample: u64,
         /// Run directory for the residuals (resumable).
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -383,11 +391,13 @@ fn main() -> ExitCode {
             layers,
             block,
             corpus,
+            stats_corpus,
             report,
             batch_size,
             seed,
             no_fluency,
             no_robustness,
+            extra_sample,
             run_dir,
             same_subject,
             pre_from,
@@ -402,11 +412,13 @@ fn main() -> ExitCode {
             layers,
             block: block.map(|b| b as usize),
             corpus,
+            stats_corpus,
             report,
             batch_size,
             seed,
             no_fluency,
             no_robustness,
+            extra_sample: extra_sample as usize,
             run_dir,
             same_subject,
             pre_from,

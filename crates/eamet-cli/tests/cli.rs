@@ -84,6 +84,13 @@ fn help_of_every_command_has_an_example() {
                 .stderr(predicate::str::contains("--block"));
         }
     }
+    for bad in ["0", "x"] {
+        eamet()
+            .args(["eval", &format!("--extra-sample={bad}")])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("--extra-sample"));
+    }
 }
 
 #[test]
@@ -359,6 +366,8 @@ fn score_and_eval_on_small_inputs() {
             "2",
             "--no-fluency",
             "--no-robustness",
+            "--extra-sample",
+            "1",
             "--json",
             "--dataset",
         ])
@@ -397,6 +406,25 @@ fn score_and_eval_on_small_inputs() {
     }
     assert!(report.join("report.md").exists());
     assert!(report.join("misalignment_histogram.svg").exists());
+    // Neighbourhood drift over every neighbourhood prompt of both records: the edit moved it.
+    let neigh: usize = (0..2)
+        .map(|r| fx[r]["neighborhood_prompts"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(rep["drift"]["prompts"], neigh);
+    assert!(rep["drift"]["kl_mean"].as_f64().unwrap() > 0.0);
+    let with_kl = rep["records"][0][1]["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kl"].is_number())
+        .count();
+    assert_eq!(
+        with_kl,
+        fx[0]["neighborhood_prompts"].as_array().unwrap().len()
+    );
+    assert!(report.join("neighbourhood_kl.svg").exists());
+    // The fluency / robustness sample: one of the two records, listed.
+    assert_eq!(rep["extra_records"].as_array().unwrap().len(), 1);
     // A second run into the same directory is refused.
     fails_with(
         eamet()

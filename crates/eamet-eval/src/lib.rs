@@ -11,9 +11,12 @@
 //! | [`text`] | text statistics: n-gram entropy (fluency), word-boundary matching | no |
 //! | [`plot`] | SVG/PNG plots for reports | no |
 //! | `metrics` (feature `metrics`, default) | strict, classic, lenient, fluency, robustness metrics through the hooks API | yes |
+//! | `drift` (feature `metrics`) | neighbourhood KL and drawdown of an edited model against the unedited one | yes |
 #![deny(missing_docs)]
 
 pub mod data;
+#[cfg(feature = "metrics")]
+pub mod drift;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod plot;

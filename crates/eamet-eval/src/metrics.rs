@@ -412,6 +412,14 @@ pub struct EvalConfig {
     pub prefixed_neighbourhood: bool,
     /// Case-insensitive lenient matching.
     pub lenient_case_insensitive: bool,
+    /// Run the fluency and robustness suites (the expensive generations) on a fixed, seeded
+    /// sample of this many records only ([`extra_sample`]); `None`: on every record. Reports
+    /// written before this setting existed read as `None`.
+    #[serde(default)]
+    pub extra_sample: Option<usize>,
+    /// Seed of that sample.
+    #[serde(default)]
+    pub extra_seed: u64,
     /// Show progress bars on stderr (prompts scored / generated).
     #[serde(skip)]
     pub progress: bool,
@@ -428,8 +436,34 @@ impl Default for EvalConfig {
             robustness_lens: vec![5, 50, 200],
             prefixed_neighbourhood: true,
             lenient_case_insensitive: false,
+            extra_sample: Some(DEFAULT_EXTRA_SAMPLE),
+            extra_seed: 0,
             progress: false,
         }
+    }
+}
+
+/// Records in the fluency and robustness sample by default.
+pub const DEFAULT_EXTRA_SAMPLE: usize = 100;
+
+/// The records (indices into `0..n`, ascending) that get the fluency and robustness suites:
+/// all of them when `k` is `None` or at least `n`, otherwise `k` drawn without replacement by a
+/// seeded generator (the same `n`, `k` and seed always give the same sample).
+pub fn extra_sample(n: usize, k: Option<usize>, seed: u64) -> Vec<usize> {
+    match k {
+        Some(k) if k < n => {
+            // Partial Fisher-Yates over 0..n.
+            let mut idx: Vec<usize> = (0..n).collect();
+            let mut rng = SplitMix64(seed ^ 0x6578_7472_6173_616d);
+            for i in 0..k {
+                let j = i + (rng.next() % (n - i) as u64) as usize;
+                idx.swap(i, j);
+            }
+            let mut v = idx[..k].to_vec();
+            v.sort_unstable();
+            v
+        }
+        _ => (0..n).collect(),
     }
 }
 
@@ -458,6 +492,9 @@ pub struct PromptResult {
     pub prompt: String,
     /// Greedy continuation.
     pub generation: String,
+    /// Its token ids (absent in reports written before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_ids: Option<Vec<u32>>,
     /// Teacher-forced score of the object this prompt should produce (new object for rewrite
     /// and paraphrase prompts, the true object for neighbourhood prompts, the answer for
     /// locality prompts).
@@ -465,6 +502,14 @@ pub struct PromptResult {
     /// Teacher-forced score of the competing object (true object for rewrite/paraphrase, new
     /// object for neighbourhood prompts), when the record has one.
     pub competitor: Option<TargetScore>,
+    /// Neighbourhood and locality prompts after an edit: `KL(p_pre ‖ p_post)` of the next
+    /// token at the prompt's end (see [`crate::drift`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+    /// Neighbourhood and locality prompts after an edit: the drawdown of the unedited model's
+    /// greedy continuation (see [`crate::drift`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drawdown: Option<f64>,
 }
 
 /// The metrics of one record, by name (see [`METRICS`]), plus every prompt's raw result.
@@ -538,6 +583,14 @@ pub const METRICS: &[(&str, &str)] = &[
     (
         "neighbourhood.unchanged",
         "neighbourhood continuations unchanged by the edit",
+    ),
+    (
+        "neighbourhood.kl",
+        "neighbourhood KL(p_pre ‖ p_post), next token (nats)",
+    ),
+    (
+        "neighbourhood.drawdown",
+        "neighbourhood drawdown: NLL change of the pre-edit continuation (nats/token)",
     ),
     ("nll.new", "mean token NLL of the new object (edit prompt)"),
     ("fluency", "fluency (weighted bi/tri-gram entropy, bits)"),
@@ -620,6 +673,10 @@ pub fn evaluate<M: EditableLm + ?Sized>(
     let mut gen_owner: Vec<(usize, usize)> = Vec::new();
     let mut fluency_prompts: Vec<String> = Vec::new();
     let mut fluency_owner: Vec<usize> = Vec::new();
+    let mut extra = vec![false; records.len()];
+    for i in extra_sample(records.len(), cfg.extra_sample, cfg.extra_seed) {
+        extra[i] = true;
+    }
     for (ri, rec) in records.iter().enumerate() {
         let rw = &rec.rewrite;
         let edit_prompt = rw.prompt.replacen("{}", &rw.subject, 1);
@@ -650,8 +707,11 @@ pub fn evaluate<M: EditableLm + ?Sized>(
                 kind,
                 prompt,
                 generation: String::new(),
+                generation_ids: None,
                 expected: None,
                 competitor: None,
+                kl: None,
+                drawdown: None,
             });
         };
         let new = Some(rw.target_new.as_str());
@@ -700,7 +760,8 @@ pub fn evaluate<M: EditableLm + ?Sized>(
                 }
             }
         }
-        for (li, &n) in cfg.robustness_lens.iter().enumerate() {
+        let robust_lens: &[usize] = if extra[ri] { &cfg.robustness_lens } else { &[] };
+        for (li, &n) in robust_lens.iter().enumerate() {
             for pre_text in prefixes.of_len(n).unwrap_or(&[]) {
                 reqs.push(ScoreRequest {
                     prompt: format!("{pre_text}{edit_prompt}"),
@@ -709,7 +770,7 @@ pub fn evaluate<M: EditableLm + ?Sized>(
                 owners.push((ri, Slot::Robust(li, 0)));
             }
         }
-        if cfg.fluency_tokens > 0 {
+        if cfg.fluency_tokens > 0 && extra[ri] {
             for g in rec.generation_prompts.iter().take(cfg.fluency_prompts) {
                 fluency_prompts.push(g.clone());
                 fluency_owner.push(ri);
@@ -769,6 +830,7 @@ pub fn evaluate<M: EditableLm + ?Sized>(
     }
     for ((ri, pi), g) in gen_owner.into_iter().zip(gens) {
         results[ri][pi].generation = g.text;
+        results[ri][pi].generation_ids = Some(g.ids);
     }
     let mut fluency_texts: Vec<Vec<String>> = vec![Vec::new(); records.len()];
     for ((ri, g), prompt) in fluency_owner.into_iter().zip(fl_gens).zip(fluency_prompts) {
@@ -777,8 +839,11 @@ pub fn evaluate<M: EditableLm + ?Sized>(
             kind: PromptKind::Generation,
             prompt,
             generation: g.text,
+            generation_ids: Some(g.ids),
             expected: None,
             competitor: None,
+            kl: None,
+            drawdown: None,
         });
     }
 

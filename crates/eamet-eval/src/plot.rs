@@ -211,25 +211,84 @@ pub fn misalignment_histogram(
     check_series(before, labels.0, scale)?;
     check_series(after, labels.1, scale)?;
 
-    let all = before.iter().chain(after).copied();
+    draw_histogram(
+        &[(labels.0, before), (labels.1, after)],
+        "A(i)",
+        "facts",
+        title,
+        scale,
+        out_dir,
+        stem,
+        style,
+    )
+}
+
+/// Overlaid histograms of any non-negative (on a [`AxisScale::Log1p`] axis) or real (on a
+/// [`AxisScale::Linear`] one) values on shared bins, with a legend: for per-prompt quantities
+/// such as the neighbourhood KL. `series` holds `(label, values)`; `x_label` describes the
+/// values and `y_label` what is counted; `style.bins` sets the number of bins.
+///
+/// # Errors
+///
+/// [`PlotError::Empty`] without series or for an empty one, [`PlotError::NonFinite`] for NaN
+/// or infinite values, [`PlotError::OutOfRange`] for negative values on a `Log1p` axis, and
+/// the size, bins, stem and I/O errors of every plot.
+#[allow(clippy::too_many_arguments)]
+pub fn histogram(
+    series: &[(&str, &[f64])],
+    x_label: &str,
+    y_label: &str,
+    title: &str,
+    scale: AxisScale,
+    out_dir: &Path,
+    stem: &str,
+    style: &PlotStyle,
+) -> Result<PlotFiles, PlotError> {
+    check_common(stem, style)?;
+    if !(1..=MAX_BINS).contains(&style.bins) {
+        return Err(PlotError::InvalidBins(style.bins));
+    }
+    if series.is_empty() {
+        return Err(PlotError::Empty {
+            what: "series".into(),
+        });
+    }
+    for (label, values) in series {
+        check_series(values, label, scale)?;
+    }
+    draw_histogram(series, x_label, y_label, title, scale, out_dir, stem, style)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn draw_histogram(
+    series: &[(&str, &[f64])],
+    x_label: &str,
+    y_label: &str,
+    title: &str,
+    scale: AxisScale,
+    out_dir: &Path,
+    stem: &str,
+    style: &PlotStyle,
+) -> Result<PlotFiles, PlotError> {
+    let all = series.iter().flat_map(|(_, v)| v.iter().copied());
     let axis = ValueAxis::for_values(scale, all, false);
     let bins = style.bins;
-    let counts = [axis.bin_counts(before, bins), axis.bin_counts(after, bins)];
+    let counts: Vec<Vec<usize>> = series
+        .iter()
+        .map(|(_, v)| axis.bin_counts(v, bins))
+        .collect();
     let max_count = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
     let figure = Histogram {
         title: xml_safe(title),
         axis,
         bins,
-        series: [
-            (
-                xml_safe(&format!("{} (n = {})", labels.0, before.len())),
-                &counts[0],
-            ),
-            (
-                xml_safe(&format!("{} (n = {})", labels.1, after.len())),
-                &counts[1],
-            ),
-        ],
+        x_label: xml_safe(x_label),
+        y_label: xml_safe(y_label),
+        series: series
+            .iter()
+            .zip(counts)
+            .map(|((label, v), c)| (xml_safe(&format!("{label} (n = {})", v.len())), c))
+            .collect(),
         y_max: max_count as f64 * 1.08,
     };
     render_and_write(&figure, out_dir, stem, style)
@@ -752,15 +811,17 @@ fn caption_font() -> TextStyle<'static> {
     font(22)
 }
 
-struct Histogram<'a> {
+struct Histogram {
     title: String,
     axis: ValueAxis,
     bins: usize,
-    series: [(String, &'a Vec<usize>); 2],
+    x_label: String,
+    y_label: String,
+    series: Vec<(String, Vec<usize>)>,
     y_max: f64,
 }
 
-impl Figure for Histogram<'_> {
+impl Figure for Histogram {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), PlotError> {
         let key_points: Vec<f64> = self.axis.ticks.iter().map(|t| t.0).collect();
         let mut chart = ChartBuilder::on(area)
@@ -776,13 +837,13 @@ impl Figure for Histogram<'_> {
         let ticks = &self.axis.ticks;
         let x_fmt = |c: &f64| tick_label(ticks, *c);
         let x_desc = match self.axis.map {
-            Map::Log1p => "A(i) (log10(1 + A) scale)",
-            _ => "A(i)",
+            Map::Log1p => format!("{} (log10(1 + x) scale)", self.x_label),
+            _ => self.x_label.clone(),
         };
         chart
             .configure_mesh()
             .x_desc(x_desc)
-            .y_desc("facts")
+            .y_desc(self.y_label.as_str())
             .x_label_formatter(&x_fmt)
             .y_label_formatter(&|v: &f64| format_number(*v))
             .label_style(font(14))

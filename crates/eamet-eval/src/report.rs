@@ -3,7 +3,8 @@
 //! timings, versions, every prompt's raw greedy generation before and after), a markdown table,
 //! and plots.
 
-use crate::metrics::{robustness_metric, summarize, EvalConfig, RecordEval, METRICS};
+use crate::drift::DriftSummary;
+use crate::metrics::{robustness_metric, summarize, EvalConfig, PromptKind, RecordEval, METRICS};
 use crate::plot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,6 +88,14 @@ pub struct Report {
     pub post: BTreeMap<String, (f64, usize)>,
     /// Checkpoints of a batched schedule (empty when everything was edited at once).
     pub checkpoints: Vec<Checkpoint>,
+    /// Neighbourhood drift over all neighbourhood and locality prompts (mean and 95th
+    /// percentile), when measured.
+    #[serde(default)]
+    pub drift: Option<DriftSummary>,
+    /// Records (indices into `records`) that ran the fluency and robustness suites, when those
+    /// ran on a sample ([`EvalConfig::extra_sample`]); `None`: every record.
+    #[serde(default)]
+    pub extra_records: Option<Vec<usize>>,
     /// Per record: pre and post results with every prompt's raw generation.
     pub records: Vec<(RecordEval, RecordEval)>,
 }
@@ -100,6 +109,7 @@ impl Report {
         timings: Vec<(String, f64)>,
     ) -> Self {
         Report {
+            drift: DriftSummary::of(&post),
             pre: summarize(&pre),
             post: summarize(&post),
             records: pre.into_iter().zip(post).collect(),
@@ -108,6 +118,7 @@ impl Report {
             misalignment: None,
             residual_nll: Vec::new(),
             checkpoints: Vec::new(),
+            extra_records: None,
         }
     }
 
@@ -151,6 +162,14 @@ impl Report {
         if let Some(c) = &i.command {
             s.push_str(&format!("- command: `{c}`\n"));
         }
+        if let Some(x) = &self.extra_records {
+            s.push_str(&format!(
+                "- fluency and robustness: on a seeded sample of {} of the {} records (seed {}; indices in report.json `extra_records`)\n",
+                x.len(),
+                i.n,
+                i.eval_config.extra_seed
+            ));
+        }
         s.push_str("\nStrict = greedy decoding emits exactly the object first (every object token is the argmax under teacher forcing). Lenient = the 10-token greedy continuation contains the object at a word boundary.\n\n");
         s.push_str("| metric | pre-edit | post-edit | change | records |\n|---|---|---|---|---|\n");
         for (k, label) in self.metric_rows() {
@@ -166,6 +185,12 @@ impl Report {
                 "| {label} | {} | {} | {d} | {n} |\n",
                 f(pre),
                 f(post)
+            ));
+        }
+        if let Some(d) = &self.drift {
+            s.push_str(&format!(
+                "\nNeighbourhood drift over {} prompts: KL(p_pre ‖ p_post) of the next token mean {:.4} nats, 95th percentile {:.4}; drawdown of the pre-edit greedy continuation ({} prompts) mean {:+.4} nats/token, 95th percentile {:+.4}.\n",
+                d.prompts, d.kl_mean, d.kl_p95, d.drawdown_prompts, d.drawdown_mean, d.drawdown_p95
             ));
         }
         if let Some(m) = &self.misalignment {
@@ -248,6 +273,42 @@ impl Report {
                     written.extend([paths.svg, paths.png]);
                 }
             }
+        }
+        let specificity = || {
+            self.records
+                .iter()
+                .flat_map(|(_, post)| &post.prompts)
+                .filter(|p| matches!(p.kind, PromptKind::Neighbourhood | PromptKind::Locality))
+        };
+        let kl: Vec<f64> = specificity().filter_map(|p| p.kl).collect();
+        if !kl.is_empty() {
+            let paths = plot::histogram(
+                &[("prompts", &kl)],
+                "KL(p_pre || p_post) of the next token (nats)",
+                "prompts",
+                &format!("{}: neighbourhood KL per prompt", self.info.method),
+                plot::AxisScale::Log1p,
+                dir,
+                "neighbourhood_kl",
+                &plot::PlotStyle::default(),
+            )
+            .map_err(ReportError::Plot)?;
+            written.extend([paths.svg, paths.png]);
+        }
+        let dd: Vec<f64> = specificity().filter_map(|p| p.drawdown).collect();
+        if !dd.is_empty() {
+            let paths = plot::histogram(
+                &[("prompts", &dd)],
+                "drawdown of the pre-edit continuation (nats/token)",
+                "prompts",
+                &format!("{}: neighbourhood drawdown per prompt", self.info.method),
+                plot::AxisScale::Linear,
+                dir,
+                "neighbourhood_drawdown",
+                &plot::PlotStyle::default(),
+            )
+            .map_err(ReportError::Plot)?;
+            written.extend([paths.svg, paths.png]);
         }
         if self.checkpoints.len() > 1 {
             let series = vec![(

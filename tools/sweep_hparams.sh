@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The SmolLM2 hyperparameter sweep of docs/hparams.md, on the development slice only:
+# CounterFact EasyEdit *train* records 9000..9199 (never the test file).
+#
+#   tools/sweep_hparams.sh [OUT]        (default OUT: runs/sweep)
+#
+# One report per setting under OUT/<name>/report, one residual run directory per setting that
+# changes the residuals (method, layers, gate) under OUT/residuals/<name>: settings that only
+# change the solve (λ, key statistics) reuse those residuals and the pre-edit evaluation, so the
+# whole sweep costs one residual optimization per (method, layers, gate). Every step is
+# resumable: a setting whose report exists is skipped, and residual run directories resume.
+# Environment: EAMET (the CLI binary, default target/release/eamet), EAMET_DATA_DIR,
+# SWEEP_N (200), SWEEP_OFFSET (9000), SWEEP_LAMBDAS ("30 100 300 1000 3000").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/sweep}
+EAMET=${EAMET:-target/release/eamet}
+DATA=${EAMET_DATA_DIR:-../shared/data}
+FILE="$DATA/counterfact_easyedit_train.json"
+N=${SWEEP_N:-200}
+OFFSET=${SWEEP_OFFSET:-9000}
+LAMBDAS=${SWEEP_LAMBDAS:-"30 100 300 1000 3000"}
+WIKI="$DATA/wikitext2/wiki.train.tokens"
+[ -f "$FILE" ] || { echo "missing $FILE (EAMET_DATA_DIR)"; exit 1; }
+[ -x "$EAMET" ] || cargo build --release -p eamet-cli
+mkdir -p "$OUT/hparams" "$OUT/residuals"
+
+# hparams file from a preset with overrides: hp <out> <preset> key=json ...
+hp() {
+    local out=$1 preset=$2
+    shift 2
+    python3 - "$out" "$preset" "$@" <<'EOF'
+import json, sys
+out, preset, *kv = sys.argv[1:]
+d = json.load(open(preset))
+for item in kv:
+    k, v = item.split("=", 1)
+    d[k] = json.loads(v)
+json.dump(d, open(out, "w"), indent=2)
+EOF
+}
+
+# run <name> <method> <hparams file> <residual dir name> [extra eval args...]
+PRE=""
+run() {
+    local name=$1 method=$2 hpf=$3 res=$4
+    shift 4
+    local report="$OUT/$name/report"
+    if [ -f "$report/report.json" ]; then
+        echo "== $name: done"
+        [ -n "$PRE" ] || PRE=$report
+        return
+    fi
+    echo "== $name"
+    local pre_args=()
+    [ -n "$PRE" ] && pre_args=(--pre-from "$PRE")
+    rm -rf "$report"
+    "$EAMET" eval --dataset "$FILE" --offset "$OFFSET" --n "$N" --method "$method" \
+        --hparams "$hpf" --run-dir "$OUT/residuals/$res" --no-robustness --no-fluency \
+        --report "$report" "${pre_args[@]}" "$@" --json > "$OUT/$name.json"
+    [ -n "$PRE" ] || PRE=$report
+}
+
+for method in memit eamet; do
+    preset=hparams/${method^^}/smollm2-135m.json
+    for layers in "3,4" "2,3,4,5,6" "8,9"; do
+        tag=$method-L${layers//,/-}
+        for lam in $LAMBDAS; do
+            f="$OUT/hparams/$tag-lam$lam.json"
+            hp "$f" "$preset" "layers=[$layers]" "mom2_update_weight=$lam"
+            run "$tag-lam$lam" "$method" "$f" "$tag"
+        done
+    done
+done
+# The alignment gate (EAMET, layers 3,4): threshold 0.25 and 1.0 besides the preset's 0.5.
+for gate in 0.25 1.0; do
+    tag=eamet-L3-4-gate$gate
+    for lam in $LAMBDAS; do
+        f="$OUT/hparams/$tag-lam$lam.json"
+        hp "$f" hparams/EAMET/smollm2-135m.json "mom2_update_weight=$lam" \
+            "alignment_schedule={\"kind\": \"nll_gated\", \"threshold\": $gate}"
+        run "$tag-lam$lam" eamet "$f" "$tag"
+    done
+done
+# Key statistics: 4096 documents of WikiText-2 and of model-written text (layers 3,4; the
+# residuals of the preset runs are reused: statistics only enter the solve).
+for method in memit eamet; do
+    preset=hparams/${method^^}/smollm2-135m.json
+    for lam in $LAMBDAS; do
+        f="$OUT/hparams/$method-L3-4-gen4096-lam$lam.json"
+        hp "$f" "$preset" "mom2_update_weight=$lam" "mom2_n_samples=4096"
+        run "$method-L3-4-gen4096-lam$lam" "$method" "$f" "$method-L3-4"
+        if [ -f "$WIKI" ]; then
+            run "$method-L3-4-wiki4096-lam$lam" "$method" "$f" "$method-L3-4" --stats-corpus "$WIKI"
+        fi
+    done
+done
+echo "sweep done: $OUT"
