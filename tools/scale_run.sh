@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One scale run of issue 11 (one-shot: all N edits at once), resumable:
+#
+#   tools/scale_run.sh <method> <N> [dataset file] [extra eval args...]
+#
+# Report: runs/scale/<dataset stem>-<N>-<method>/report; residual run directory beside it
+# (re-running the same command resumes: finished residual blocks are reused). Default dataset:
+# $EAMET_DATA_DIR/counterfact_easyedit_edit.json (the test slice: never tune on it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+METHOD=$1
+N=$2
+DATA=${EAMET_DATA_DIR:-../shared/data}
+FILE=${3:-$DATA/counterfact_easyedit_edit.json}
+shift $(( $# >= 3 ? 3 : $# ))
+STEM=$(basename "$FILE" .json)
+DIR=runs/scale/$STEM-$N-$METHOD
+EAMET=${EAMET:-target/release/eamet}
+[ -x "$EAMET" ] || cargo build --release -p eamet-cli
+mkdir -p "$DIR"
+if [ -f "$DIR/report/report.json" ]; then
+    echo "$DIR: done"
+    exit 0
+fi
+rm -rf "$DIR/report"
+exec "$EAMET" eval --dataset "$FILE" --n "$N" --method "$METHOD" --no-robustness \
+    --run-dir "$DIR/residuals" --report "$DIR/report" "$@"
