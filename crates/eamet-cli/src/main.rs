@@ -271,6 +271,18 @@ enum Command {
         #[arg(long = "prompt")]
         prompts: Vec<String>,
     },
+    /// Compare evaluation reports side by side: a markdown table (one row per report) and plots
+    /// against the number of edits, one line per method.
+    ///
+    /// Example: eamet summarize runs/scale/*/report --out docs/results/summary
+    Summarize {
+        /// Report directories (each holding the report.json of `eamet eval`).
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Directory for summary.md and the plots (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Greedy completion of prompts (batched, KV cache).
     ///
     /// Example: eamet generate --prompt "The Eiffel Tower is located in the city of" --max-new 8
@@ -315,6 +327,34 @@ fn complete(
     println!(
         "  ({n} tokens in {secs:.2} s, greedy, batch of {})",
         prompts.len()
+    );
+    Ok(())
+}
+
+fn summarize(dirs: &[PathBuf], out: &std::path::Path) -> anyhow::Result<()> {
+    use eamet::eval::report::Report;
+    let mut reports = Vec::with_capacity(dirs.len());
+    for d in dirs {
+        let f = d.join("report.json");
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let r: Report =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        reports.push(r);
+    }
+    let md = eamet::eval::summary::summary_markdown(&reports);
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    let path = out.join("summary.md");
+    let tmp = out.join(format!("summary.md.tmp{}", std::process::id()));
+    std::fs::write(&tmp, &md).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let plots = eamet::eval::summary::summary_plots(&reports, out)?;
+    print!("{md}");
+    eprintln!(
+        "wrote {} and {} plot files into {}",
+        path.display(),
+        plots.len(),
+        out.display()
     );
     Ok(())
 }
@@ -424,6 +464,7 @@ fn main() -> ExitCode {
             pre_from,
             json,
         }),
+        Command::Summarize { reports, out } => summarize(&reports, &out),
         Command::Stats {
             merge: Some(StatsCommand::Merge { shards, out, json }),
             ..

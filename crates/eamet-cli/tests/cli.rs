@@ -425,6 +425,26 @@ fn score_and_eval_on_small_inputs() {
     assert!(report.join("neighbourhood_kl.svg").exists());
     // The fluency / robustness sample: one of the two records, listed.
     assert_eq!(rep["extra_records"].as_array().unwrap().len(), 1);
+    // Reports side by side.
+    let summary = dir.path().join("summary");
+    let out = eamet()
+        .arg("summarize")
+        .arg(&report)
+        .arg("--out")
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(summary.join("summary.md")).unwrap();
+    assert!(
+        md.contains("| counterfact_rome_3.json | 2 | memit |"),
+        "{md}"
+    );
+    assert!(summary.join("strict_efficacy_vs_n.svg").exists());
     // A second run into the same directory is refused.
     fails_with(
         eamet()

@@ -11,6 +11,7 @@
 //! | [`text`] | text statistics: n-gram entropy (fluency), word-boundary matching | no |
 //! | [`plot`] | SVG/PNG plots for reports | no |
 //! | `metrics` (feature `metrics`, default) | strict, classic, lenient, fluency, robustness metrics through the hooks API | yes |
+//! | `summary` (feature `metrics`) | many reports side by side: a table and plots against the number of edits | no (reads reports) |
 //! | `drift` (feature `metrics`) | neighbourhood KL and drawdown of an edited model against the unedited one | yes |
 #![deny(missing_docs)]
 
@@ -22,4 +23,6 @@ pub mod metrics;
 pub mod plot;
 #[cfg(feature = "metrics")]
 pub mod report;
+#[cfg(feature = "metrics")]
+pub mod summary;
 pub mod text;
