@@ -18,9 +18,10 @@ pub enum FactProblem {
     /// The new target is empty (or only whitespace).
     #[error("target_new is empty")]
     EmptyTarget,
-    /// The subject does not end on a token boundary of the tokenized prompt, so "the subject's
-    /// last token" does not exist.
-    #[error("the subject {subject:?} does not end at a token boundary of {text:?}")]
+    /// The subject has no last token of its own in the tokenized prompt: no token ends where
+    /// it ends, and it is cut inside a word (`"Eiffel Tow"` + `"er"`) or the token holding its
+    /// last character starts before it (`"cap"` in `" capital"`).
+    #[error("the subject {subject:?} has no last token of its own in {text:?} (it ends inside a word or starts inside a token)")]
     SubjectBoundary {
         /// The subject.
         subject: String,

@@ -142,14 +142,19 @@ impl PreparedFact {
     }
 }
 
-/// Tokenizes `text` and returns the ids and the index of the token that ends exactly at byte
-/// `end` (the subject's end).
+/// Tokenizes `text` and returns the ids and the index of the subject's last token: the token
+/// that ends exactly at byte `end` (the subject's end), or else the token that holds the
+/// subject's last character when it starts inside the subject (the tokenizer merged the
+/// subject's last character with what follows, e.g. `"F.C."` + `"'s"` → `".'"`), as the
+/// reference's count of the subject's own tokens does. A subject cut inside a word
+/// (`"Eiffel Tow"` + `"er"`), or one that starts inside a token (`"cap"` in `" capital"`), has
+/// no last token of its own: an error.
 fn locate(
     tok: &Tokenizer,
     fact: &Fact,
     index: usize,
     text: &str,
-    end: usize,
+    (start, end): (usize, usize),
 ) -> Result<(Vec<u32>, usize)> {
     let (ids, offsets) = tok
         .encode_with_offsets(text)
@@ -157,6 +162,20 @@ fn locate(
     let pos = offsets
         .iter()
         .rposition(|&(s, e)| e == end && s < e)
+        .or_else(|| {
+            // Only where the subject ends at a word boundary of the text: "Tow" + "er" is a
+            // subject cut inside a word, not a merge.
+            let last = text[..end].chars().next_back();
+            let next = text[end..].chars().next();
+            let mid_word =
+                last.is_some_and(char::is_alphanumeric) && next.is_some_and(char::is_alphanumeric);
+            if mid_word {
+                return None;
+            }
+            offsets
+                .iter()
+                .position(|&(s, e)| s >= start && s < end && e > end)
+        })
         .ok_or_else(|| {
             fact.error(
                 index,
@@ -170,12 +189,13 @@ fn locate(
 }
 
 /// Fills `template` (one `{}`) with `prompt` (one `{}`) filled with `subject`; returns the text
-/// and the byte offset where the subject ends.
-fn fill(template: &str, prompt: &str, subject: &str) -> (String, usize) {
+/// and the byte range of the subject in it.
+fn fill(template: &str, prompt: &str, subject: &str) -> (String, (usize, usize)) {
     let (t0, t1) = template.split_once("{}").unwrap_or((template, ""));
     let (p0, p1) = prompt.split_once("{}").unwrap_or((prompt, ""));
     let text = format!("{t0}{p0}{subject}{p1}{t1}");
-    (text, t0.len() + p0.len() + subject.len())
+    let start = t0.len() + p0.len();
+    (text, (start, start + subject.len()))
 }
 
 /// Tokenizes the target as the reference does: `" " + target_new` (no extra space when it
@@ -200,8 +220,9 @@ pub fn target_ids(tok: &Tokenizer, target: &str) -> std::result::Result<Vec<u32>
 /// Validates and tokenizes facts for the given context templates.
 ///
 /// # Errors
-/// [`validate_facts`]' errors; [`FactProblem::SubjectBoundary`] when the subject does not end
-/// at a token boundary in some template; [`FactProblem::NoTargetTokens`].
+/// [`validate_facts`]' errors; [`FactProblem::SubjectBoundary`] when the subject has no last
+/// token of its own in some template (it starts inside a token, or no token holds its end);
+/// [`FactProblem::NoTargetTokens`].
 pub fn prepare_facts(
     tok: &Tokenizer,
     facts: &[Fact],
@@ -215,8 +236,8 @@ pub fn prepare_facts(
             let mut key_prompts = Vec::with_capacity(prefixes.templates.len());
             let mut subject_last = Vec::with_capacity(prefixes.templates.len());
             for template in &prefixes.templates {
-                let (text, end) = fill(template, &fact.prompt, &fact.subject);
-                let (ids, pos) = locate(tok, fact, index, &text, end)?;
+                let (text, span) = fill(template, &fact.prompt, &fact.subject);
+                let (ids, pos) = locate(tok, fact, index, &text, span)?;
                 key_prompts.push(ids);
                 subject_last.push(pos);
             }
@@ -225,8 +246,8 @@ pub fn prepare_facts(
             if targets.is_empty() {
                 return Err(fact.error(index, FactProblem::NoTargetTokens(fact.target_new.clone())));
             }
-            let (text, end) = fill("{}", "{} is a", &fact.subject);
-            let (essence_prompt, essence_subject_last) = locate(tok, fact, index, &text, end)?;
+            let (text, span) = fill("{}", "{} is a", &fact.subject);
+            let (essence_prompt, essence_subject_last) = locate(tok, fact, index, &text, span)?;
             Ok(PreparedFact {
                 index,
                 fact: fact.clone(),

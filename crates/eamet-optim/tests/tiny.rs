@@ -105,6 +105,26 @@ fn invalid_facts_are_typed_errors_naming_the_fact() {
             ..
         }
     ));
+    // A subject whose last character the tokenizer merges with what follows (punctuation, at
+    // a word boundary) gets that merged token as its last token, whenever the tokenizer merges.
+    let fs = vec![Fact::new(
+        "Athletic F.C.",
+        "{}'s headquarters are in",
+        "Dublin",
+    )];
+    let prepared = prepare_facts(m.tokenizer(), &fs, &p).unwrap();
+    let (ids, offsets) = m
+        .tokenizer()
+        .encode_with_offsets("Athletic F.C.'s headquarters are in")
+        .unwrap();
+    let at = prepared[0].subject_last[0];
+    assert_eq!(prepared[0].key_prompts[0], ids);
+    let (s, e) = offsets[at];
+    assert!(
+        s < 13 && e >= 13,
+        "token {at} {:?} must hold the subject's last character",
+        (s, e)
+    );
     // " capital" is one token: a subject ending inside it has no last token.
     let fs = vec![Fact::new("cap", "The {}ital of Japan is", "Tokyo")];
     let e = prepare_facts(m.tokenizer(), &fs, &p).unwrap_err();
