@@ -308,22 +308,12 @@ impl DriftReference {
 
 /// Length-sorted batches within `batch_size` rows and [`DRIFT_TOKEN_BUDGET`] padded tokens.
 fn batches(rows: &[Row], batch_size: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    let len = |i: usize| rows[i].prompt.len() + rows[i].continuation.len();
-    order.sort_by_key(|&i| len(i));
-    let mut out = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
-    for i in order {
-        let full = cur.len() >= batch_size.max(1) || (cur.len() + 1) * len(i) > DRIFT_TOKEN_BUDGET;
-        if !cur.is_empty() && full {
-            out.push(std::mem::take(&mut cur));
-        }
-        cur.push(i);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
+    crate::metrics::length_batches_within(
+        rows,
+        |r| r.prompt.len() + r.continuation.len(),
+        batch_size,
+        DRIFT_TOKEN_BUDGET,
+    )
 }
 
 /// One forward pass over rows `idx`: the next-token log-probs at each prompt's end

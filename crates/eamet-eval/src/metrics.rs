@@ -206,6 +206,16 @@ const TOKEN_BUDGET: usize = 8192;
 /// Batches of item indices, sorted by length so that a batch pads little: at most `max_rows`
 /// rows and [`TOKEN_BUDGET`] padded tokens each (a single longer row still gets a batch).
 fn length_batches<T>(items: &[T], len: impl Fn(&T) -> usize, max_rows: usize) -> Vec<Vec<usize>> {
+    length_batches_within(items, len, max_rows, TOKEN_BUDGET)
+}
+
+/// [`length_batches`] with another padded-token budget.
+pub(crate) fn length_batches_within<T>(
+    items: &[T],
+    len: impl Fn(&T) -> usize,
+    max_rows: usize,
+    budget: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| len(&items[i]));
     let mut batches = Vec::new();
@@ -213,7 +223,7 @@ fn length_batches<T>(items: &[T], len: impl Fn(&T) -> usize, max_rows: usize) ->
     for i in order {
         let l = len(&items[i]);
         // Sorted ascending: this row is the longest of the batch if it joins.
-        if !cur.is_empty() && (cur.len() >= max_rows.max(1) || (cur.len() + 1) * l > TOKEN_BUDGET) {
+        if !cur.is_empty() && (cur.len() >= max_rows.max(1) || (cur.len() + 1) * l > budget) {
             batches.push(std::mem::take(&mut cur));
         }
         cur.push(i);
