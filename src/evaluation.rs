@@ -11,6 +11,8 @@ use eamet_eval::metrics::{evaluate, ContextPrefixes, EvalConfig, RecordEval};
 use eamet_eval::report::{Checkpoint, MisalignmentInfo, Report, RunInfo};
 use eamet_hooks::EditableLm;
 use eamet_optim::Fact;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 use std::time::Instant;
 
 /// How edits and evaluations interleave.
@@ -100,7 +102,14 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         *t = Instant::now();
     };
     let facts: Vec<Fact> = records.iter().map(|r| r.rewrite.to_fact()).collect();
-    eamet_optim::validate_facts(&facts).map_err(input)?;
+    // Tokenize every fact now (bare template), so a subject without a last token of its own
+    // stops the run before the pre-edit evaluation, not after it.
+    eamet_optim::prepare_facts(
+        model.tokenizer(),
+        &facts,
+        &eamet_optim::ContextPrefixes::from_prefixes::<&str>(&[]),
+    )
+    .map_err(input)?;
 
     let mut lens: Vec<usize> = plan.eval.robustness_lens.clone();
     if let Some(n) = plan.eval.prefixed_len {
@@ -137,9 +146,23 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
             p
         }
         None => {
-            let p = evaluate(&*model, records, &prefixes, &plan.eval, None).map_err(input)?;
-            lap("evaluate (pre)", &mut t);
-            p
+            let cache = plan.edit.run_dir.as_ref().map(|d| d.join(PRE_CACHE_FILE));
+            let key = PreCacheKey::new(&info.model_sha256, plan, records);
+            match cache.as_deref().and_then(|f| key.load(f)) {
+                Some(p) => {
+                    lap("evaluate (pre): resumed from the run directory", &mut t);
+                    p
+                }
+                None => {
+                    let p =
+                        evaluate(&*model, records, &prefixes, &plan.eval, None).map_err(input)?;
+                    if let Some(f) = &cache {
+                        key.save(f, &p)?;
+                    }
+                    lap("evaluate (pre)", &mut t);
+                    p
+                }
+            }
         }
     };
 
@@ -189,6 +212,72 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
     });
     report.residual_nll = nll;
     Ok(report)
+}
+
+/// File in the run directory that keeps the pre-edit results, so a resumed run skips them.
+pub const PRE_CACHE_FILE: &str = "pre-eval.json";
+
+/// What the pre-edit results depend on: a cache is reused only when all of it matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PreCacheKey {
+    model_sha256: String,
+    seed: u64,
+    eval: EvalConfig,
+    prefix_docs_sha256: String,
+    records_sha256: String,
+    records: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PreCache {
+    key: PreCacheKey,
+    pre: Vec<RecordEval>,
+}
+
+impl PreCacheKey {
+    fn new(model_sha256: &str, plan: &EvalPlan, records: &[EvalRecord]) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for d in &plan.prefix_docs {
+            h.update((d.len() as u64).to_le_bytes());
+            h.update(d.as_bytes());
+        }
+        let prefix_docs_sha256 = format!("{:x}", h.finalize());
+        // Every field of every record (prompts, targets, probes) counts.
+        let records_sha256 = format!("{:x}", Sha256::digest(format!("{records:?}").as_bytes()));
+        let mut eval = plan.eval.clone();
+        eval.progress = false;
+        Self {
+            model_sha256: model_sha256.to_string(),
+            seed: plan.seed,
+            eval,
+            prefix_docs_sha256,
+            records_sha256,
+            records: records.len(),
+        }
+    }
+
+    /// The cached results when `file` holds results for exactly this key; `None` otherwise
+    /// (absent, unreadable or stale: the caller evaluates again and overwrites it).
+    fn load(&self, file: &Path) -> Option<Vec<RecordEval>> {
+        let text = std::fs::read_to_string(file).ok()?;
+        let cache: PreCache = serde_json::from_str(&text).ok()?;
+        (cache.key == *self && cache.pre.len() == self.records).then_some(cache.pre)
+    }
+
+    fn save(&self, file: &Path, pre: &[RecordEval]) -> Result<(), Error> {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| eamet_eval::report::ReportError::Io(dir.to_path_buf(), e))?;
+        }
+        let cache = PreCache {
+            key: self.clone(),
+            pre: pre.to_vec(),
+        };
+        let json = serde_json::to_vec(&cache).map_err(input)?;
+        eamet_eval::report::write_atomic(file, &json)?;
+        Ok(())
+    }
 }
 
 /// The method's name as the CLI spells it.
@@ -304,4 +393,82 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
         });
     }
     Ok((post, (opt, written, nll), checkpoints, timings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use eamet_eval::data::{load_str, LoadOptions};
+
+    const RECORDS: &str = r#"
+{"subject": "Paris", "prompt": "{} is the capital of", "target_new": "Italy", "target_true": "France", "neighbourhood": [{"prompt": "Rome is the capital of", "target": "Italy"}]}
+{"subject": "Danielle Darrieux", "prompt": "The mother tongue of {} is", "target_new": "English", "target_true": "French"}
+"#;
+
+    fn plan() -> EvalPlan {
+        EvalPlan {
+            method: Method::Eamet,
+            hparams: EditHparams::default(),
+            edit: EditOptions::default(),
+            eval: EvalConfig::default(),
+            prefix_docs: vec!["Some text.".into()],
+            seed: 7,
+            schedule: EvalSchedule::AllThenEvaluate,
+        }
+    }
+
+    fn pre(records: &[EvalRecord]) -> Vec<RecordEval> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RecordEval {
+                case_id: r.rewrite.case_id.clone(),
+                subject: r.rewrite.subject.clone(),
+                metrics: [("efficacy".to_string(), i as f64 * 0.5)].into(),
+                prompts: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pre_cache_is_reused_only_for_the_same_run() {
+        let records = load_str("r.jsonl", RECORDS, &LoadOptions::default())
+            .unwrap()
+            .into_edits()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run").join(PRE_CACHE_FILE);
+        let p = plan();
+        let key = PreCacheKey::new("abc", &p, &records);
+        assert_eq!(key.load(&file), None, "no file yet");
+        let results = pre(&records);
+        key.save(&file, &results).unwrap();
+        assert_eq!(key.load(&file), Some(results.clone()));
+        // Progress bars do not change results.
+        let mut q = plan();
+        q.eval.progress = !q.eval.progress;
+        assert_eq!(
+            PreCacheKey::new("abc", &q, &records).load(&file),
+            Some(results)
+        );
+        // Anything the results depend on does.
+        assert_eq!(PreCacheKey::new("abd", &p, &records).load(&file), None);
+        let mut q = plan();
+        q.seed += 1;
+        assert_eq!(PreCacheKey::new("abc", &q, &records).load(&file), None);
+        let mut q = plan();
+        q.prefix_docs.push("More.".into());
+        assert_eq!(PreCacheKey::new("abc", &q, &records).load(&file), None);
+        let mut q = plan();
+        q.eval.lenient_tokens += 1;
+        assert_eq!(PreCacheKey::new("abc", &q, &records).load(&file), None);
+        assert_eq!(PreCacheKey::new("abc", &p, &records[..1]).load(&file), None);
+        let mut other = records.clone();
+        other[1].rewrite.target_true = Some("German".into());
+        assert_eq!(PreCacheKey::new("abc", &p, &other).load(&file), None);
+        // A truncated file is ignored (evaluated again), not an error.
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, &text[..text.len() / 2]).unwrap();
+        assert_eq!(key.load(&file), None);
+    }
 }

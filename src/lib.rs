@@ -61,6 +61,9 @@ pub enum Error {
     /// libtorch raised an error.
     #[error("libtorch: {0}")]
     Torch(#[from] hooks::tch::TchError),
+    /// Writing a report or a run-directory file failed (names the file).
+    #[error(transparent)]
+    Report(#[from] eval::report::ReportError),
     /// Bad user input (corpus, facts, hyperparameters), with what and where.
     #[error("{0}")]
     Input(String),

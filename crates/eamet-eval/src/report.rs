@@ -347,7 +347,12 @@ pub enum ReportError {
     Plot(plot::PlotError),
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf, ReportError> {
+/// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a reader
+/// (or a resumed run) never sees a half-written file. Returns `path`.
+///
+/// # Errors
+/// [`ReportError::Io`] naming the file that could not be written or renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf, ReportError> {
     let tmp = path.with_extension(format!(
         "{}.tmp{}",
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
