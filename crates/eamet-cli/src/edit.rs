@@ -17,6 +17,7 @@ pub struct EditArgs {
     pub block: Option<usize>,
     pub corpus: Vec<PathBuf>,
     pub patch: Option<PathBuf>,
+    pub out: Option<crate::export::OutSpec>,
     pub run_dir: Option<PathBuf>,
     pub resume: bool,
     pub eval: bool,
@@ -52,6 +53,9 @@ pub fn run(a: EditArgs) -> Result<()> {
     }
     let corpus = corpus(&a.corpus)?;
     let path = resolve_model(a.model)?;
+    if let Some(o) = &a.out {
+        o.check(&path)?;
+    }
     let mut model = load_model(&path)?;
     let hp = hparams(
         method,
@@ -176,14 +180,28 @@ pub fn run(a: EditArgs) -> Result<()> {
             }
         }
     }
+    let mut patch_sha256 = None;
     if let Some(p) = a.patch {
-        let patch =
+        let mut patch =
             eamet::hooks::patch::Patch::from_model(&model, eamet::evaluation::method_name(method))?;
+        patch
+            .meta
+            .extra
+            .insert("facts".into(), facts.len().to_string());
         let inputs = model.source().identity_files()?;
         patch.save(&p, &inputs, false)?;
+        patch_sha256 = Some(eamet::hooks::patch::sha256_file(&p)?);
         if !a.json {
             println!("patch written to {}", p.display());
         }
+    }
+    if let Some(o) = &a.out {
+        let meta = eamet::hooks::export::EditMetadata {
+            method: eamet::evaluation::method_name(method).into(),
+            facts: facts.len(),
+            patch_sha256,
+        };
+        o.write(&model, &meta, a.json)?;
     }
     Ok(())
 }

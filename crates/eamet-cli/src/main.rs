@@ -7,6 +7,7 @@
 mod common;
 mod edit;
 mod eval;
+mod export;
 mod patch;
 mod score;
 mod stats;
@@ -83,6 +84,8 @@ enum Command {
         /// Save the W_out updates as a patch file.
         #[arg(long)]
         patch: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutArgs,
         /// Run directory: prefixes and every finished residual are saved there as they finish.
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -260,6 +263,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a patch's base model with the patch applied: a GGUF file that llama.cpp runs, or
+    /// a safetensors directory that transformers loads.
+    ///
+    /// Examples:
+    ///   eamet export --patch edit.safetensors --out edited.gguf
+    ///   eamet export --patch edit.safetensors --out edited.gguf --edited-type q8_0
+    ///   eamet export --patch edit.safetensors --out edited-hf --dtype bf16
+    Export {
+        /// The base model (default: the set-up's SmolLM2); its SHA-256 must match the patch.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The patch file (from `eamet edit --patch`).
+        #[arg(long)]
+        patch: PathBuf,
+        #[command(flatten)]
+        out: OutArgs,
+        /// JSON report of the encoding errors on stderr instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open a model, print its hyperparameters, and check that libtorch computes.
     ///
     /// Example: eamet info --model ~/.cache/eamet/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -390,6 +413,47 @@ fn info(model: Option<PathBuf>, prompts: Vec<String>) -> anyhow::Result<()> {
     complete(&model, &prompts, 8)
 }
 
+/// Where to write an edited model (shared by `edit` and `export`).
+#[derive(clap::Args, Debug, Clone)]
+struct OutArgs {
+    /// Write the edited model: a `.gguf` file (GGUF input), or a directory (safetensors:
+    /// transformers layout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// gguf | safetensors (default: from --out: `*.gguf` is GGUF, anything else a directory).
+    #[arg(long)]
+    format: Option<String>,
+    /// GGUF: type of the edited tensors, f32 | f16 | q8_0 | source (the input's own type).
+    /// Default f32 (docs/export.md).
+    #[arg(long)]
+    edited_type: Option<String>,
+    /// Safetensors from GGUF input: weight dtype, f32 | bf16 | f16 (default f32).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Replace an existing --out (never an input file).
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl OutArgs {
+    fn spec(self) -> Option<export::OutSpec> {
+        let OutArgs {
+            out,
+            format,
+            edited_type,
+            dtype,
+            overwrite,
+        } = self;
+        out.map(|out| export::OutSpec {
+            out,
+            format,
+            edited_type,
+            dtype,
+            overwrite,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -403,6 +467,7 @@ fn main() -> ExitCode {
             block,
             corpus,
             patch,
+            out,
             run_dir,
             resume,
             eval,
@@ -416,6 +481,7 @@ fn main() -> ExitCode {
             block: block.map(|b| b as usize),
             corpus,
             patch,
+            out: out.spec(),
             run_dir,
             resume,
             eval,
@@ -521,6 +587,20 @@ fn main() -> ExitCode {
             max_new,
             json,
         }),
+        Command::Export {
+            model,
+            patch,
+            out,
+            json,
+        } => match out.spec() {
+            Some(out) => export::run(export::ExportArgs {
+                model,
+                patch,
+                out,
+                json,
+            }),
+            None => Err(anyhow::anyhow!("export needs --out")),
+        },
         Command::Generate {
             model,
             prompts,

@@ -70,6 +70,9 @@ pub enum ModelError {
         /// What is wrong.
         detail: String,
     },
+    /// An export (GGUF file or safetensors directory) cannot be written.
+    #[error(transparent)]
+    Export(Box<crate::export::ExportError>),
     /// libtorch raised an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -236,6 +236,32 @@ impl GgmlType {
         })
     }
 
+    /// The on-disk id (inverse of [`GgmlType::from_id`]).
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q8_1 => 9,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
+            GgmlType::Q8K => 15,
+            GgmlType::I8 => 24,
+            GgmlType::I16 => 25,
+            GgmlType::I32 => 26,
+            GgmlType::I64 => 27,
+            GgmlType::F64 => 28,
+            GgmlType::BF16 => 30,
+        }
+    }
+
     /// (elements per block, bytes per block).
     pub fn block_layout(self) -> (u64, u64) {
         match self {
@@ -301,6 +327,8 @@ pub struct GgufFile {
     pub alignment: u64,
     /// Absolute offset where tensor data starts.
     pub data_offset: u64,
+    /// Byte range of each metadata entry (key, type and value) in the file, in file order.
+    metadata_spans: Vec<std::ops::Range<usize>>,
     index: HashMap<String, usize>,
     tensor_index: HashMap<String, usize>,
     bytes: Bytes,
@@ -521,6 +549,7 @@ impl GgufFile {
         }
 
         let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut metadata_spans = Vec::with_capacity(n_kv as usize);
         let mut index = HashMap::with_capacity(n_kv as usize);
         for i in 0..n_kv {
             let key_at = c.pos as u64;
@@ -535,6 +564,7 @@ impl GgufFile {
                 });
             }
             metadata.push((key, value));
+            metadata_spans.push(key_at as usize..c.pos);
         }
 
         let alignment = match index.get("general.alignment").map(|&i| &metadata[i].1) {
@@ -679,6 +709,7 @@ impl GgufFile {
             tensors,
             alignment,
             data_offset,
+            metadata_spans,
             index,
             tensor_index,
             bytes,
@@ -751,6 +782,14 @@ impl GgufFile {
         &buf[start..end]
     }
 
+    /// The raw encoding of metadata entry `i` (in file order): key, value type and value,
+    /// exactly as stored, so a writer can carry it over byte for byte. `None` past the end.
+    pub fn metadata_raw(&self, i: usize) -> Option<&[u8]> {
+        self.metadata_spans
+            .get(i)
+            .map(|r| &self.bytes.as_slice()[r.clone()])
+    }
+
     /// Size of the whole file in bytes.
     pub fn file_len(&self) -> u64 {
         self.bytes.as_slice().len() as u64
@@ -818,6 +857,23 @@ mod tests {
         assert_eq!(w.offset % 32, 0);
         let data = f.tensor_bytes(w);
         assert_eq!(f32::from_le_bytes(data[20..24].try_into().unwrap()), 5.0);
+        // Raw entries tile the metadata section exactly, in order.
+        let img = tiny();
+        let raw: Vec<u8> = (0..3)
+            .flat_map(|i| f.metadata_raw(i).unwrap().to_vec())
+            .collect();
+        assert_eq!(&img[24..24 + raw.len()], &raw[..]);
+        assert!(f.metadata_raw(1).unwrap().ends_with(&2u32.to_le_bytes()));
+        assert_eq!(f.metadata_raw(3), None);
+    }
+
+    #[test]
+    fn type_ids_round_trip() {
+        for id in 0..64 {
+            if let Some(t) = GgmlType::from_id(id) {
+                assert_eq!(t.id(), id);
+            }
+        }
     }
 
     #[test]

@@ -15,11 +15,16 @@
 //!   Q4_K/Q5_K/Q6_K) to `f32`, checked against the `gguf` Python package.
 //! - [`runtime`]: a check that libtorch is linked and computes (including autograd).
 //!
-//! Model loading, the hookable forward and generation follow (see the project issues).
+//! - [`llama`]: the Llama family (Llama 2, Mistral, Qwen2, SmolLM2) from GGUF or Hugging Face
+//!   safetensors, with the hookable forward ([`EditableLm`]) and generation.
+//! - [`patch`]: an edit's `W_out` deltas as a file, applicable to the same base model.
+//! - [`export`]: the edited model as GGUF (llama.cpp) or as a safetensors directory
+//!   (transformers).
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod gguf;
 pub mod info;
 pub mod llama;

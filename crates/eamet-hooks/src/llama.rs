@@ -537,6 +537,42 @@ impl LlamaModel {
         &self.source
     }
 
+    /// Every weight under its Hugging Face Llama name, in f32 with the current values (edits
+    /// included), shallow views of the model's tensors. The LM head appears only when it is not
+    /// tied to the embedding. Q and K are in Hugging Face's rotary layout (GGUF's permutation
+    /// already undone at load).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed.shallow_clone(),
+        )];
+        for (l, b) in self.blocks.iter().enumerate() {
+            let n = |s: &str| format!("model.layers.{l}.{s}");
+            out.push((n("input_layernorm.weight"), b.attn_norm.shallow_clone()));
+            out.push((n("self_attn.q_proj.weight"), b.wq.shallow_clone()));
+            out.push((n("self_attn.k_proj.weight"), b.wk.shallow_clone()));
+            out.push((n("self_attn.v_proj.weight"), b.wv.shallow_clone()));
+            for (name, bias) in [("q", &b.bq), ("k", &b.bk), ("v", &b.bv)] {
+                if let Some(t) = bias {
+                    out.push((n(&format!("self_attn.{name}_proj.bias")), t.shallow_clone()));
+                }
+            }
+            out.push((n("self_attn.o_proj.weight"), b.wo.shallow_clone()));
+            out.push((
+                n("post_attention_layernorm.weight"),
+                b.mlp_norm.shallow_clone(),
+            ));
+            out.push((n("mlp.gate_proj.weight"), b.w_gate.shallow_clone()));
+            out.push((n("mlp.up_proj.weight"), b.w_up.shallow_clone()));
+            out.push((n("mlp.down_proj.weight"), b.w_down.shallow_clone()));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.shallow_clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.shallow_clone()));
+        }
+        out
+    }
+
     fn head(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }

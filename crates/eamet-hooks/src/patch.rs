@@ -114,6 +114,28 @@ impl Patch {
         })
     }
 
+    /// SHA-256 of the patch's content, independent of how a file lays it out: for each layer in
+    /// ascending order, the line `layer {l} {d_model}x{d_ff}\n` followed by the delta's f32
+    /// values, little-endian, row-major. Equal for a patch in memory and the same patch read
+    /// back from its file.
+    pub fn content_sha256(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        for (&l, t) in &self.deltas {
+            let t = t
+                .to_device(tch::Device::Cpu)
+                .to_kind(Kind::Float)
+                .contiguous();
+            let size = t.size();
+            let dims: Vec<String> = size.iter().map(|d| d.to_string()).collect();
+            h.update(format!("layer {l} {}\n", dims.join("x")).as_bytes());
+            let v = Vec::<f32>::try_from(t.flatten(0, -1))?;
+            for x in v {
+                h.update(x.to_le_bytes());
+            }
+        }
+        Ok(hex(&h.finalize()))
+    }
+
     /// Write atomically to `path`. Refuses to replace any of `protected` (the model's own
     /// files) and, unless `overwrite`, any existing file.
     pub fn save(&self, path: &Path, protected: &[PathBuf], overwrite: bool) -> Result<()> {
