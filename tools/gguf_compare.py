@@ -25,8 +25,13 @@ def field_value(f):
         sub = f.types[1] if len(f.types) > 1 else None
         if sub == gguf.GGUFValueType.STRING:
             return [bytes(f.parts[i]).decode("utf-8", "replace") for i in f.data]
-        return [f.parts[i].tolist() for i in f.data]
-    return f.parts[f.data[0]].tolist()
+        return [one(f.parts[i].tolist()) for i in f.data]
+    return one(f.parts[f.data[0]].tolist())
+
+
+def one(v):
+    """numpy hands single values back as one-element lists."""
+    return v[0] if isinstance(v, list) and len(v) == 1 else v
 
 
 def tensors(reader):

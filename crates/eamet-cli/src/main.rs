@@ -319,6 +319,9 @@ enum Command {
         /// Most new tokens per prompt.
         #[arg(long, default_value_t = 16)]
         max_new: usize,
+        /// Print a JSON array of {"prompt", "completion"} instead of lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -327,6 +330,21 @@ const DEMO_PROMPTS: [&str; 3] = [
     "The capital of Japan is",
     "Michael Jordan professionally plays the sport of",
 ];
+
+fn complete_json(
+    model: &eamet::hooks::LlamaModel,
+    prompts: &[String],
+    max_new: usize,
+) -> anyhow::Result<()> {
+    let gens = eamet::eval::metrics::greedy(model, prompts, max_new, 32)?;
+    let rows: Vec<_> = prompts
+        .iter()
+        .zip(gens)
+        .map(|(p, g)| serde_json::json!({"prompt": p, "completion": g.text}))
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&rows)?);
+    Ok(())
+}
 
 fn complete(
     model: &eamet::hooks::LlamaModel,
@@ -605,9 +623,14 @@ fn main() -> ExitCode {
             model,
             prompts,
             max_new,
-        } => resolve_model(model)
-            .and_then(|p| load(&p))
-            .and_then(|m| complete(&m, &prompts, max_new)),
+            json,
+        } => resolve_model(model).and_then(|p| load(&p)).and_then(|m| {
+            if json {
+                complete_json(&m, &prompts, max_new)
+            } else {
+                complete(&m, &prompts, max_new)
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

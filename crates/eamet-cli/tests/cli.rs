@@ -64,6 +64,7 @@ fn help_of_every_command_has_an_example() {
         "score",
         "generate",
         "apply-patch",
+        "export",
         "info",
     ] {
         eamet()
@@ -277,6 +278,86 @@ fn generate_edit_patch_round_trip() {
     let c = &v["completions"][0];
     assert!(c["before"].as_str().unwrap().contains("Rome"), "{v}");
     assert!(c["after"].as_str().unwrap().contains("London"), "{v}");
+
+    // The patch exported as GGUF runs in our loader with the edit in it.
+    let gguf = dir.path().join("edited.gguf");
+    let out = eamet()
+        .arg("export")
+        .arg("--patch")
+        .arg(&patch)
+        .arg("--out")
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = eamet()
+        .args(["generate", "--json", "--max-new", "3", "--model"])
+        .arg(&gguf)
+        .args(["--prompt", "The Colosseum is located in the city of"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v[0]["completion"].as_str().unwrap().contains("London"),
+        "{v}"
+    );
+
+    // Bad export requests: one line each, nothing written.
+    let model = eamet::hooks::paths::default_model().unwrap();
+    let new = dir.path().join("new.gguf");
+    let export = |patch: &Path, out: &Path| {
+        let mut c = eamet();
+        c.arg("export")
+            .arg("--patch")
+            .arg(patch)
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    let bytes = std::fs::read(&patch).unwrap();
+    let truncated = write_bytes(
+        dir.path(),
+        "truncated.safetensors",
+        &bytes[..bytes.len() / 2],
+    );
+    fails_with(&mut export(&truncated, &new), "patch");
+    let corrupt = write_bytes(dir.path(), "corrupt.safetensors", b"not a patch at all");
+    fails_with(&mut export(&corrupt, &new), "patch");
+    let mut p = eamet::hooks::patch::Patch::load(&patch).unwrap();
+    p.meta.base_sha256 = "0".repeat(64);
+    let other = dir.path().join("other-model.safetensors");
+    p.save(&other, &[], false).unwrap();
+    fails_with(&mut export(&other, &new), "refusing to apply");
+    let mut p = eamet::hooks::patch::Patch::load(&patch).unwrap();
+    let first = *p.deltas.keys().next().unwrap();
+    let d = p.deltas.remove(&first).unwrap();
+    p.deltas.insert(99, d);
+    let far = dir.path().join("layer-99.safetensors");
+    p.save(&far, &[], false).unwrap();
+    fails_with(&mut export(&far, &new), "layer 99");
+    fails_with(
+        export(&patch, &new).args(["--edited-type", "q3_k"]),
+        "unknown edited-tensor type",
+    );
+    fails_with(&mut export(&patch, &model), "input model");
+    fails_with(&mut export(&patch, &gguf), "exists");
+    assert!(!new.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
 }
 
 #[test]
