@@ -142,6 +142,7 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
                     "the pre-edit results given are for other records".into(),
                 ));
             }
+            check_drift_pairs(&p, records)?;
             lap("evaluate (pre): reused", &mut t);
             p
         }
@@ -278,6 +279,47 @@ impl PreCacheKey {
         eamet_eval::report::write_atomic(file, &json)?;
         Ok(())
     }
+}
+
+/// Drift pairs the pre- and post-edit neighbourhood and locality prompts by position: given
+/// pre-edit results must hold exactly these records' prompts, text for text, in order.
+fn check_drift_pairs(pre: &[RecordEval], records: &[EvalRecord]) -> Result<(), Error> {
+    use eamet_eval::metrics::PromptKind;
+    for (i, (e, r)) in pre.iter().zip(records).enumerate() {
+        let want = r
+            .neighborhood
+            .iter()
+            .map(|n| (PromptKind::Neighbourhood, n.prompt.clone()))
+            .chain(
+                r.locality
+                    .iter()
+                    .map(|l| (PromptKind::Locality, format!("{}?", l.prompt))),
+            );
+        let have = e
+            .prompts
+            .iter()
+            .filter(|p| matches!(p.kind, PromptKind::Neighbourhood | PromptKind::Locality))
+            .map(|p| (p.kind, p.prompt.clone()));
+        let (want, have): (Vec<_>, Vec<_>) = (want.collect(), have.collect());
+        if want != have {
+            let k = want
+                .iter()
+                .zip(&have)
+                .position(|(a, b)| a != b)
+                .unwrap_or(want.len().min(have.len()));
+            let show = |v: &[(PromptKind, String)]| {
+                v.get(k)
+                    .map_or("nothing".to_string(), |(kind, t)| format!("{kind:?} {t:?}"))
+            };
+            return Err(Error::Input(format!(
+                "the pre-edit results do not pair with record {i} ({}): its neighbourhood/locality prompt {k} is {}, the pre-edit results have {}",
+                r.rewrite.case_id.as_deref().unwrap_or(&r.rewrite.subject),
+                show(&want),
+                show(&have)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The method's name as the CLI spells it.
@@ -428,6 +470,37 @@ mod tests {
                 prompts: Vec::new(),
             })
             .collect()
+    }
+
+    #[test]
+    fn pre_results_must_pair_prompt_for_prompt() {
+        use eamet_eval::metrics::{PromptKind, PromptResult};
+        let records = load_str("r.jsonl", RECORDS, &LoadOptions::default())
+            .unwrap()
+            .into_edits()
+            .unwrap();
+        let prompt = |kind, text: &str| PromptResult {
+            kind,
+            prompt: text.into(),
+            generation: String::new(),
+            generation_ids: None,
+            expected: None,
+            competitor: None,
+            kl: None,
+            drawdown: None,
+        };
+        let mut p = pre(&records);
+        p[0].prompts = vec![
+            prompt(PromptKind::Rewrite, "Paris is the capital of"),
+            prompt(PromptKind::Neighbourhood, "Rome is the capital of"),
+        ];
+        check_drift_pairs(&p, &records).unwrap();
+        p[0].prompts[1].prompt = "Rome is the capital city of".into();
+        let e = check_drift_pairs(&p, &records).unwrap_err().to_string();
+        assert!(e.contains("record 0") && e.contains("capital city"), "{e}");
+        p[0].prompts.pop();
+        let e = check_drift_pairs(&p, &records).unwrap_err().to_string();
+        assert!(e.contains("have nothing"), "{e}");
     }
 
     #[test]
