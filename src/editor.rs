@@ -143,6 +143,51 @@ pub struct EditHparams {
     pub residual: ResidualHparams,
 }
 
+/// Fields of the reference code's hyperparameter files that this crate accepts and ignores:
+/// module-name templates (the model layer knows its modules), the statistics' dataset, dtype
+/// and batch size (we compute them in f64 from the corpus given), `layer_selection`,
+/// `mom2_adjustment` (always on), `device`, and two whose only supported value is the
+/// reference's own: `fact_token` (`subject_last`) and `norm_factor` (0).
+pub const REFERENCE_ONLY_FIELDS: &[&str] = &[
+    "attn_module_tmp",
+    "device",
+    "fact_token",
+    "ks_bs",
+    "layer_module_tmp",
+    "layer_selection",
+    "lm_head_module",
+    "ln_f_module",
+    "mlp_module_tmp",
+    "mom2_adjustment",
+    "mom2_dataset",
+    "mom2_dtype",
+    "norm_factor",
+    "rewrite_module_tmp",
+];
+
+/// The candidate nearest to `name` by edit distance, if it is near enough to be a likely typo.
+fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let dist = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, &cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    candidates
+        .map(|c| (dist(&name.to_lowercase(), &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
 impl Default for EditHparams {
     fn default() -> Self {
         Self::smollm2(Method::Eamet)
@@ -183,9 +228,68 @@ impl EditHparams {
         }
     }
 
-    /// Read a JSON file (reference field names accepted; unknown fields are ignored).
+    /// Read a JSON file with the reference code's field names. Fields of the reference files
+    /// that this crate does not use ([`REFERENCE_ONLY_FIELDS`]) are accepted; any other
+    /// unknown field is an error naming it and the closest known name, so a misspelled field
+    /// never runs silently with its default. Fields whose name starts with `_` are comments. See [`from_json_reporting`](Self::from_json_reporting)
+    /// to learn which fields were ignored.
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        serde_json::from_str(text).map_err(|e| Error::Input(format!("hparams JSON: {e}")))
+        Self::from_json_reporting(text).map(|(hp, _)| hp)
+    }
+
+    /// As [`from_json`](Self::from_json), also returning the reference-only fields that were
+    /// present and ignored (in key order).
+    ///
+    /// # Errors
+    /// Malformed JSON, an unknown field, a bad value, or a reference-only field whose value
+    /// would change what the reference computes (`fact_token` other than `subject_last`,
+    /// `norm_factor` other than 0).
+    pub fn from_json_reporting(text: &str) -> Result<(Self, Vec<String>), Error> {
+        let json = |e: serde_json::Error| Error::Input(format!("hparams JSON: {e}"));
+        let value: serde_json::Value = serde_json::from_str(text).map_err(json)?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| Error::Input("hparams JSON: expected an object".into()))?;
+        let known: Vec<String> = match serde_json::to_value(Self::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let mut ignored = Vec::new();
+        for (k, v) in obj {
+            // Known fields, and comments (`_source`, `_note`, ...: a leading underscore).
+            if known.iter().any(|n| n == k) || k.starts_with('_') {
+                continue;
+            }
+            if REFERENCE_ONLY_FIELDS.contains(&k.as_str()) {
+                let unsupported = match k.as_str() {
+                    "fact_token" => v.as_str() != Some("subject_last"),
+                    "norm_factor" => v.as_f64() != Some(0.0),
+                    _ => false,
+                };
+                if unsupported {
+                    return Err(Error::Input(format!(
+                        "hparams: {k} = {v} is not supported (only the reference's default: {})",
+                        if k == "fact_token" {
+                            "\"subject_last\""
+                        } else {
+                            "0"
+                        }
+                    )));
+                }
+                ignored.push(k.clone());
+                continue;
+            }
+            let candidates = known
+                .iter()
+                .map(String::as_str)
+                .chain(REFERENCE_ONLY_FIELDS.iter().copied());
+            let hint = closest(k, candidates)
+                .map(|c| format!(" (did you mean {c:?}?)"))
+                .unwrap_or_default();
+            return Err(Error::Input(format!("hparams: unknown field {k:?}{hint}")));
+        }
+        let hp = serde_json::from_value(value).map_err(json)?;
+        Ok((hp, ignored))
     }
 
     /// λ of the `idx`-th edited layer.

@@ -38,7 +38,9 @@ pub mod evaluation;
 pub mod stats;
 
 pub use eamet_optim::Fact;
-pub use editor::{EditHparams, EditOptions, EditOutcome, Editor, LayerWeights, Method};
+pub use editor::{
+    EditHparams, EditOptions, EditOutcome, Editor, LayerWeights, Method, REFERENCE_ONLY_FIELDS,
+};
 
 /// Errors of the facade.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 //! the presets.
 
 use eamet::{EditHparams, Method};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/hparams");
 
@@ -76,4 +76,85 @@ fn every_file_checks_and_fits_its_model() {
         err.to_string().contains("layers") || err.to_string().contains("sequence"),
         "{err}"
     );
+}
+
+/// Every hyperparameter file of the reference repository loads (its unused fields reported,
+/// never an error), and the values we use come through.
+#[test]
+fn all_23_reference_files_load() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference-hparams");
+    let mut n = 0;
+    for dir in std::fs::read_dir(&root).unwrap().flatten() {
+        if !dir.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let text = std::fs::read_to_string(f.path()).unwrap();
+            let (hp, ignored) = EditHparams::from_json_reporting(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
+            let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                serde_json::to_value(&hp.layers).unwrap(),
+                raw["layers"],
+                "{}",
+                f.path().display()
+            );
+            assert_eq!(
+                hp.mom2_n_samples as u64,
+                raw["mom2_n_samples"].as_u64().unwrap()
+            );
+            assert!(ignored.iter().any(|k| k == "rewrite_module_tmp"));
+            assert!(ignored.iter().any(|k| k == "mom2_dataset"));
+            for k in &ignored {
+                assert!(
+                    eamet::editor::REFERENCE_ONLY_FIELDS.contains(&k.as_str()),
+                    "{k}"
+                );
+            }
+            n += 1;
+        }
+    }
+    assert_eq!(n, 23);
+}
+
+#[test]
+fn misspelled_fields_are_errors_that_suggest_the_name() {
+    let err = EditHparams::from_json(r#"{"layers": [3, 4], "mom2_update_wieght": 1000}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"mom2_update_wieght\"")
+            && err.contains("did you mean \"mom2_update_weight\""),
+        "{err}"
+    );
+    // A misspelled reference-only field is caught too.
+    let err = EditHparams::from_json(r#"{"rewrite_modul_tmp": "x"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rewrite_module_tmp"), "{err}");
+    // Nothing close: no suggestion.
+    let err = EditHparams::from_json(r#"{"banana": 1}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown field \"banana\"") && !err.contains("did you mean"),
+        "{err}"
+    );
+    // Reference-only fields whose value would change the method are refused.
+    let err = EditHparams::from_json(r#"{"fact_token": "last"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fact_token"), "{err}");
+    let err = EditHparams::from_json(r#"{"norm_factor": 0.5}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("norm_factor"), "{err}");
+    // Known fields and the accepted reference-only ones pass; the latter are reported.
+    let (hp, ignored) = EditHparams::from_json_reporting(
+        r#"{"layers": [2, 5], "L2": 3.0, "mom2_dataset": "wikipedia", "norm_factor": 0}"#,
+    )
+    .unwrap();
+    assert_eq!(hp.layers, [2, 5]);
+    assert_eq!(hp.l2, 3.0);
+    assert_eq!(ignored, ["mom2_dataset", "norm_factor"]);
 }

@@ -80,10 +80,20 @@ pub fn hparams(
     n_layers: usize,
 ) -> Result<EditHparams> {
     let mut hp = match file {
-        Some(p) => EditHparams::from_json(
-            &std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?,
-        )
-        .with_context(|| format!("{}", p.display()))?,
+        Some(p) => {
+            let (hp, ignored) = EditHparams::from_json_reporting(
+                &std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?,
+            )
+            .with_context(|| format!("{}", p.display()))?;
+            if !ignored.is_empty() {
+                eprintln!(
+                    "{}: ignored the reference-only fields {} (docs/hparams.md)",
+                    p.display(),
+                    ignored.join(", ")
+                );
+            }
+            hp
+        }
         None => EditHparams::smollm2(method),
     };
     if let Some(l) = layers {
