@@ -122,6 +122,21 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
             .arg(&patch),
         "line 2",
     );
+    let typo = write(
+        d,
+        "typo.json",
+        r#"{"layers": [3, 4], "mom2_update_wieght": 1000}"#,
+    );
+    fails_with(
+        eamet()
+            .args(["edit", "--facts"])
+            .arg(&facts)
+            .arg("--hparams")
+            .arg(&typo)
+            .arg("--patch")
+            .arg(&patch),
+        "did you mean \"mom2_update_weight\"",
+    );
     let no_subject = write(
         d,
         "nosub.jsonl",
@@ -218,7 +233,8 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
             "empty.txt",
             "existing.safetensors",
             "facts.jsonl",
-            "nosub.jsonl"
+            "nosub.jsonl",
+            "typo.json"
         ]
     );
 }
