@@ -122,6 +122,23 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
             .arg(&patch),
         "line 2",
     );
+    // A run directory holding an earlier run is not reused without --resume, and --resume
+    // needs a run directory.
+    let earlier = d.join("earlier-run");
+    std::fs::create_dir_all(earlier.join("residuals")).unwrap();
+    std::fs::write(earlier.join("residuals/manifest.json"), "{}").unwrap();
+    fails_with(
+        eamet()
+            .args(["edit", "--facts"])
+            .arg(&facts)
+            .arg("--run-dir")
+            .arg(&earlier),
+        "pass --resume",
+    );
+    fails_with(
+        eamet().args(["edit", "--resume", "--facts"]).arg(&facts),
+        "--resume needs --run-dir",
+    );
     let typo = write(
         d,
         "typo.json",
@@ -230,6 +247,7 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
         names,
         [
             "bad.jsonl",
+            "earlier-run",
             "empty.txt",
             "existing.safetensors",
             "facts.jsonl",
