@@ -65,7 +65,18 @@ fn every_file_checks_and_fits_its_model() {
             "MEMIT/llama2-7b.json" => 15000.0,
             "MEMIT/llama3-8b.json" => 1000.0,
             "MEMIT/qwen2.5-7b.json" => 500.0,
-            _ => lambda0,
+            "ALPHAEDIT/llama3-8b.json" => {
+                // AlphaEdit's solve has no λC term (ALGORITHM.md §6): what it uses is the
+                // null-space threshold on C's eigenvalues and the ridge α = L2.
+                assert_eq!(hp.nullspace_threshold, 2e-2, "{rel}");
+                assert_eq!(hp.l2, 10.0, "{rel}");
+                assert_eq!(hp.layers, [4, 5, 6, 7, 8], "{rel}");
+                assert_eq!(hp.residual.v_lr, 0.1, "{rel}");
+                assert_eq!(hp.residual.clamp_norm_factor, 0.75, "{rel}");
+                assert_eq!(hp.mom2_n_samples, 100_000, "{rel}");
+                continue;
+            }
+            other => panic!("{other}: no expected λ written down for this file"),
         };
         assert_eq!(lambda0, want, "{rel}");
         assert_eq!(hp.mom2_n_samples, 100_000, "{rel}");
