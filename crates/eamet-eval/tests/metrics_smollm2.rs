@@ -134,6 +134,42 @@ fn unedited_model_twice_is_unchanged_and_strict_matches_the_edit_prompt() {
             assert!((0.0..=1.0).contains(&spec));
         }
     }
+    // Independently of teacher forcing: strict efficacy is 1 exactly when greedy decoding (the
+    // KV-cache generation path) emits the target's tokens first. With the true objects as
+    // targets the unedited model succeeds on some records, so both outcomes are exercised.
+    let mut known = records.clone();
+    for r in &mut known {
+        if let Some(t) = r.rewrite.target_true.clone() {
+            r.rewrite.target_new = t;
+        }
+    }
+    let plain = EvalConfig {
+        fluency_prompts: 0,
+        prefixed_len: None,
+        robustness_lens: vec![],
+        ..Default::default()
+    };
+    let scored = evaluate(&m, &known, &ContextPrefixes::none(), &plain, None).unwrap();
+    let mut outcomes = [0usize; 2];
+    for (r, e) in known.iter().zip(&scored) {
+        let target = target_ids(m.tokenizer(), &r.rewrite.target_new).unwrap();
+        let g = greedy(&m, &[r.rewrite.filled_prompt()], target.len(), 1).unwrap();
+        let emitted = g[0].ids == target;
+        assert_eq!(
+            e.metrics["strict.efficacy"],
+            f64::from(u8::from(emitted)),
+            "{}: greedy {:?} vs target {:?}",
+            r.rewrite.subject,
+            g[0].ids,
+            target
+        );
+        outcomes[usize::from(emitted)] += 1;
+    }
+    assert!(
+        outcomes[1] > 0,
+        "no record where the model knows the object: {outcomes:?}"
+    );
+
     // An empty target is a typed error naming the request.
     let err = teacher_forced(
         &m,
