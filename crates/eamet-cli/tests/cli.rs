@@ -280,7 +280,7 @@ fn generate_edit_patch_round_trip() {
     let patch = dir.path().join("edit.safetensors");
     let out = eamet()
         .args([
-            "edit", "--method", "memit", "--block", "2", "--json", "--facts",
+            "edit", "--method", "memit", "--block", "2", "--json", "--eval", "--facts",
         ])
         .arg(&facts)
         .arg("--patch")
@@ -294,6 +294,17 @@ fn generate_edit_patch_round_trip() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["edited"], 2, "{v}");
+    // --eval: strict metrics of the two facts before and after, as [mean, records].
+    assert_eq!(
+        v["pre"]["strict.efficacy"],
+        serde_json::json!([0.0, 2]),
+        "{v}"
+    );
+    assert_eq!(
+        v["post"]["strict.efficacy"],
+        serde_json::json!([1.0, 2]),
+        "{v}"
+    );
     assert_eq!(v["schedule"]["batched"]["batch"], 2, "{v}");
     assert!(patch.exists());
 
