@@ -54,10 +54,10 @@ pub struct DriftSummary {
     pub kl_p95: f64,
     /// Prompts with a drawdown (a non-empty continuation).
     pub drawdown_prompts: usize,
-    /// Mean drawdown (nats per token).
-    pub drawdown_mean: f64,
-    /// 95th percentile of the drawdown (nearest rank).
-    pub drawdown_p95: f64,
+    /// Mean drawdown (nats per token); `None` when no prompt has one (never NaN).
+    pub drawdown_mean: Option<f64>,
+    /// 95th percentile of the drawdown (nearest rank); `None` when no prompt has one.
+    pub drawdown_p95: Option<f64>,
 }
 
 /// Nearest-rank percentile `q ∈ (0, 1]` of `v` (NaN for an empty slice).
@@ -93,8 +93,8 @@ impl DriftSummary {
             kl_mean: mean(&kl),
             kl_p95: percentile(&kl, 0.95),
             drawdown_prompts: dd.len(),
-            drawdown_mean: mean(&dd),
-            drawdown_p95: percentile(&dd, 0.95),
+            drawdown_mean: (!dd.is_empty()).then(|| mean(&dd)),
+            drawdown_p95: (!dd.is_empty()).then(|| percentile(&dd, 0.95)),
         })
     }
 }

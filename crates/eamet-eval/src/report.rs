@@ -188,9 +188,16 @@ impl Report {
             ));
         }
         if let Some(d) = &self.drift {
+            let drawdown = match (d.drawdown_mean, d.drawdown_p95) {
+                (Some(m), Some(p)) => format!(
+                    "drawdown of the pre-edit greedy continuation ({} prompts) mean {m:+.4} nats/token, 95th percentile {p:+.4}",
+                    d.drawdown_prompts
+                ),
+                _ => "no drawdown (every pre-edit continuation was empty)".to_string(),
+            };
             s.push_str(&format!(
-                "\nNeighbourhood drift over {} prompts: KL(p_pre ‖ p_post) of the next token mean {:.4} nats, 95th percentile {:.4}; drawdown of the pre-edit greedy continuation ({} prompts) mean {:+.4} nats/token, 95th percentile {:+.4}.\n",
-                d.prompts, d.kl_mean, d.kl_p95, d.drawdown_prompts, d.drawdown_mean, d.drawdown_p95
+                "\nNeighbourhood drift over {} prompts: KL(p_pre ‖ p_post) of the next token mean {:.4} nats, 95th percentile {:.4}; {drawdown}.\n",
+                d.prompts, d.kl_mean, d.kl_p95
             ));
         }
         if let Some(m) = &self.misalignment {

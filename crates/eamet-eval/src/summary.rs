@@ -71,11 +71,7 @@ pub fn summary_markdown(reports: &[Report]) -> String {
         let (kl, dd) = match &r.drift {
             Some(d) => (
                 format!("{} / {}", fmt(Some(d.kl_mean), 4), fmt(Some(d.kl_p95), 4)),
-                format!(
-                    "{} / {}",
-                    fmt(Some(d.drawdown_mean), 4),
-                    fmt(Some(d.drawdown_p95), 4)
-                ),
+                format!("{} / {}", fmt(d.drawdown_mean, 4), fmt(d.drawdown_p95, 4)),
             ),
             None => ("-".into(), "-".into()),
         };

@@ -148,6 +148,21 @@ fn same_model_gives_zero_and_an_edit_matches_an_independent_computation() {
     assert!((s.kl_mean - kls.iter().sum::<f64>() / 3.0).abs() < 1e-12);
     assert_eq!(s.kl_p95, kls.iter().copied().fold(f64::MIN, f64::max));
     assert_eq!(s.drawdown_prompts, dds.len());
+    assert!(!dds.is_empty());
+    let dd_mean = dds.iter().sum::<f64>() / dds.len() as f64;
+    assert!((s.drawdown_mean.unwrap() - dd_mean).abs() < 1e-9);
+    // No continuation at all: no drawdown (None, never NaN), and the report says so.
+    let mut no_dd = post.clone();
+    for r in &mut no_dd {
+        for p in &mut r.prompts {
+            p.drawdown = None;
+        }
+    }
+    let s0 = DriftSummary::of(&no_dd).unwrap();
+    assert_eq!(
+        (s0.drawdown_prompts, s0.drawdown_mean, s0.drawdown_p95),
+        (0, None, None)
+    );
     let report = Report::new(
         eamet_eval::report::RunInfo {
             tool_version: "test".into(),
