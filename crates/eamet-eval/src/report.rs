@@ -232,12 +232,99 @@ impl Report {
         s
     }
 
+    /// Checks that every number the report carries is finite (JSON would write NaN and
+    /// infinity as `null`, hiding the failure).
+    ///
+    /// # Errors
+    /// [`ReportError::NonFinite`] naming the first bad value: the metric and the record (or the
+    /// summary, checkpoint, timing or fact) it belongs to.
+    pub fn check_finite(&self) -> Result<(), ReportError> {
+        let bad = |what: String, value: f64| ReportError::NonFinite { what, value };
+        let check = |what: &dyn Fn() -> String, v: f64| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(bad(what(), v))
+            }
+        };
+        for (side, summary) in [("pre", &self.pre), ("post", &self.post)] {
+            for (k, (v, _)) in summary {
+                check(&|| format!("metric {k} ({side}-edit summary)"), *v)?;
+            }
+        }
+        for (i, (pre, post)) in self.records.iter().enumerate() {
+            for (side, r) in [("pre", pre), ("post", post)] {
+                let who = || r.case_id.clone().unwrap_or_else(|| r.subject.clone());
+                for (k, v) in &r.metrics {
+                    check(
+                        &|| format!("metric {k} of record {i} ({}, {side}-edit)", who()),
+                        *v,
+                    )?;
+                }
+                for (j, p) in r.prompts.iter().enumerate() {
+                    for (name, v) in [("kl", p.kl), ("drawdown", p.drawdown)] {
+                        if let Some(v) = v {
+                            check(
+                                &|| {
+                                    format!(
+                                        "{name} of prompt {j} of record {i} ({}, {side}-edit)",
+                                        who()
+                                    )
+                                },
+                                v,
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        for c in &self.checkpoints {
+            for (k, (v, _)) in &c.summary {
+                check(
+                    &|| format!("metric {k} (checkpoint after {} edits)", c.edits),
+                    *v,
+                )?;
+            }
+        }
+        for (k, v) in &self.timings {
+            check(&|| format!("timing {k}"), *v)?;
+        }
+        for (i, v) in self.residual_nll.iter().enumerate() {
+            check(&|| format!("final residual NLL of fact {i}"), *v)?;
+        }
+        if let Some(m) = &self.misalignment {
+            check(
+                &|| "misalignment total (optimized)".into(),
+                m.total_optimized,
+            )?;
+            check(&|| "misalignment total (written)".into(), m.total_written)?;
+            for (i, v) in m.per_fact_optimized.iter().enumerate() {
+                check(&|| format!("misalignment A({i}) (optimized)"), *v)?;
+            }
+            for (i, v) in m.per_fact_written.iter().enumerate() {
+                check(&|| format!("misalignment A({i}) (written)"), *v)?;
+            }
+        }
+        if let Some(d) = &self.drift {
+            check(&|| "neighbourhood KL mean".into(), d.kl_mean)?;
+            check(&|| "neighbourhood KL p95".into(), d.kl_p95)?;
+            for (name, v) in [("mean", d.drawdown_mean), ("p95", d.drawdown_p95)] {
+                if let Some(v) = v {
+                    check(&|| format!("drawdown {name}"), v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes `report.json`, `report.md` and the plots into `dir` (created if needed); every
     /// file is written to a temporary name and renamed. Returns the paths written.
     ///
     /// # Errors
-    /// I/O errors, naming the file.
+    /// [`ReportError::NonFinite`] before anything is written when a number is NaN or infinite
+    /// ([`check_finite`](Self::check_finite)); I/O errors, naming the file.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
+        self.check_finite()?;
         std::fs::create_dir_all(dir).map_err(|e| ReportError::Io(dir.to_path_buf(), e))?;
         let mut written = Vec::new();
         let json = serde_json::to_string_pretty(self).map_err(ReportError::Json)?;
@@ -352,6 +439,14 @@ pub enum ReportError {
     /// Plotting error.
     #[error("plot: {0}")]
     Plot(plot::PlotError),
+    /// A number in the report is NaN or infinite.
+    #[error("report: {what} is {value}, not a finite number")]
+    NonFinite {
+        /// Which value (metric and record, or summary, timing, fact).
+        what: String,
+        /// The value.
+        value: f64,
+    },
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, then a rename, so a reader

@@ -195,6 +195,32 @@ fn same_model_gives_zero_and_an_edit_matches_an_independent_computation() {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
             .unwrap();
     assert_eq!(back.drift, report.drift);
+
+    // A NaN anywhere is a typed error naming the metric and the record; nothing is written.
+    let mut broken = report.clone();
+    broken.records[1]
+        .1
+        .metrics
+        .insert("strict.efficacy".into(), f64::NAN);
+    let empty = tempfile::tempdir().unwrap();
+    let e = broken.write(empty.path()).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        matches!(e, eamet_eval::report::ReportError::NonFinite { .. })
+            && text.contains("strict.efficacy")
+            && text.contains("record 1")
+            && text.contains("post-edit"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+    let mut broken = report.clone();
+    broken.timings.push(("solve".into(), f64::INFINITY));
+    assert!(broken
+        .check_finite()
+        .unwrap_err()
+        .to_string()
+        .contains("timing solve"));
+    report.check_finite().unwrap();
 }
 
 #[test]
