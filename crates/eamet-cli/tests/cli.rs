@@ -494,6 +494,8 @@ fn score_and_eval_on_small_inputs() {
             "--no-robustness",
             "--extra-sample",
             "1",
+            "--batch-size",
+            "1",
             "--json",
             "--dataset",
         ])
@@ -516,6 +518,24 @@ fn score_and_eval_on_small_inputs() {
             .unwrap();
     assert_eq!(rep["info"]["n"], 2);
     assert_eq!(rep["records"].as_array().unwrap().len(), 2);
+    // --batch-size 1: two batches, a checkpoint after each (records edited so far), and the
+    // efficacy-vs-edits plot.
+    let cps = rep["checkpoints"].as_array().unwrap();
+    assert_eq!(cps.len(), 2, "{cps:?}");
+    assert_eq!(
+        (cps[0]["edits"].as_u64(), cps[1]["edits"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        cps[0]["summary"]["strict.efficacy"][1], 1,
+        "one record evaluated"
+    );
+    assert_eq!(cps[1]["summary"]["strict.efficacy"][1], 2);
+    assert!(report.join("efficacy_vs_edits.svg").exists());
+    assert!(rep["info"]["schedule"]
+        .as_str()
+        .unwrap()
+        .contains("batches of 1"));
     // Raw generations pre and post for every prompt.
     let fx: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("counterfact_rome_3.json")).unwrap())
