@@ -351,24 +351,14 @@ fn complete(
     prompts: &[String],
     max_new: usize,
 ) -> anyhow::Result<()> {
-    use eamet::hooks::EditableLm;
-    let tok = model.tokenizer();
-    let ids = prompts
-        .iter()
-        .map(|p| tok.encode(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let stop: Vec<u32> = tok.eos_id.into_iter().collect();
     let t = std::time::Instant::now();
-    let gens = model.generate(&ids, max_new, &stop)?;
+    let gens = eamet::eval::metrics::greedy(model, prompts, max_new, 32)?;
     let secs = t.elapsed().as_secs_f64();
     for (p, g) in prompts.iter().zip(&gens) {
-        println!("  {p}{}", tok.decode(&g.tokens)?.replace('\n', "\\n"));
+        println!("  {p}{}", g.text.replace('\n', "\\n"));
     }
-    let n: usize = gens.iter().map(|g| g.tokens.len()).sum();
-    println!(
-        "  ({n} tokens in {secs:.2} s, greedy, batch of {})",
-        prompts.len()
-    );
+    let n: usize = gens.iter().map(|g| g.ids.len()).sum();
+    println!("  ({n} tokens in {secs:.2} s, greedy, batches of up to 32)");
     Ok(())
 }
 
