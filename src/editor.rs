@@ -250,7 +250,10 @@ impl EditHparams {
         let obj = value
             .as_object()
             .ok_or_else(|| Error::Input("hparams JSON: expected an object".into()))?;
-        let known: Vec<String> = match serde_json::to_value(Self::default()) {
+        // Every field, optional ones included (they are not serialized when unset).
+        let mut every = Self::default();
+        every.residual.early_stop_nll = Some(1.0);
+        let known: Vec<String> = match serde_json::to_value(every) {
             Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
             _ => Vec::new(),
         };

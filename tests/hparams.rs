@@ -168,4 +168,10 @@ fn misspelled_fields_are_errors_that_suggest_the_name() {
     assert_eq!(hp.layers, [2, 5]);
     assert_eq!(hp.l2, 3.0);
     assert_eq!(ignored, ["mom2_dataset", "norm_factor"]);
+    // An optional field that presets leave unset (and do not serialize) is still known.
+    let hp = EditHparams::from_json(r#"{"early_stop_nll": 0.05}"#).unwrap();
+    assert_eq!(hp.residual.early_stop_nll, Some(0.05));
+    assert!(!serde_json::to_string(&EditHparams::default())
+        .unwrap()
+        .contains("early_stop_nll"));
 }

@@ -136,6 +136,15 @@ pub struct ResidualHparams {
     pub early_stop_loss: f64,
     /// First iteration at which early stopping is checked (EAMET's code: 1; MEMIT: 0).
     pub early_stop_min_step: usize,
+    /// Also stop early once the fit alone (the mean NLL of the rewriting prompts) is below
+    /// this, whatever the other terms say. `None` (the reference's rule, and every preset):
+    /// only [`early_stop_loss`](Self::early_stop_loss) stops a fact. Why it exists: EAMET's
+    /// total loss carries the alignment terms, which rarely fall below 0.01, so every fact
+    /// runs all its iterations; an NLL threshold trades some alignment for time
+    /// (docs/benchmarks.md, "Stopping on the NLL"). Not serialized when `None`, so run
+    /// directories made before it existed still resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stop_nll: Option<f64>,
     /// Reference distribution of the essence KL.
     pub essence_reference: EssenceReference,
     /// Schedule of the alignment weights.
@@ -170,6 +179,7 @@ impl ResidualHparams {
             v_weight_decay: 0.5,
             early_stop_loss: 0.01,
             early_stop_min_step: 1,
+            early_stop_nll: None,
             essence_reference: EssenceReference::Unedited,
             alignment_schedule: AlignmentSchedule::Constant,
         }
@@ -235,6 +245,14 @@ impl ResidualHparams {
         }
         if !pos(self.clamp_norm_factor) {
             return bad("clamp_norm_factor", "must be finite and > 0");
+        }
+        if let Some(t) = self.early_stop_nll {
+            if !pos(t) {
+                return bad(
+                    "early_stop_nll",
+                    &format!("must be finite and > 0 when given, got {t}"),
+                );
+            }
         }
         if let AlignmentSchedule::NllGated { threshold } = self.alignment_schedule {
             if !pos(threshold) {

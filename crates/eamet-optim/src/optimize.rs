@@ -113,7 +113,8 @@ pub struct FactStats {
     pub terms: Vec<(String, f64)>,
     /// Adam updates performed.
     pub steps: usize,
-    /// Whether the loss fell below the early-stop threshold.
+    /// Whether the loss (or, with `early_stop_nll`, the NLL) fell below its early-stop
+    /// threshold.
     pub early_stopped: bool,
     /// `‖δ‖` at the end.
     pub delta_norm: f64,
@@ -612,7 +613,8 @@ impl<'a, M: EditableLm + ?Sized> Run<'a, M> {
     }
 
     /// One optimizer iteration of every fact in `active`, in one forward and one backward pass.
-    /// A fact whose loss falls below the early-stop threshold, or that reaches its last iteration,
+    /// A fact whose loss (or, with `early_stop_nll`, its NLL) falls below the early-stop threshold,
+    /// or that reaches its last iteration,
     /// is marked finished (and not updated), as in the one-fact loop of the reference.
     fn step(&mut self, active: &mut [&mut InFlight<'a>], joint: &mut JointCache) -> Result<()> {
         let (model, layer, hparams, objective) =
@@ -670,7 +672,8 @@ impl<'a, M: EditableLm + ?Sized> Run<'a, M> {
             row += rows;
             let total = fact_loss(a, &lp_f, hparams, objective)?;
             let step = a.step;
-            if step >= hp.early_stop_min_step && a.last_loss < hp.early_stop_loss {
+            let fit_done = hp.early_stop_nll.is_some_and(|t| a.last_nll < t);
+            if step >= hp.early_stop_min_step && (a.last_loss < hp.early_stop_loss || fit_done) {
                 a.early_stopped = true;
                 a.finished = true;
             } else if step + 1 >= hp.v_num_grad_steps {

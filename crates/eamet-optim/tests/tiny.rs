@@ -1071,3 +1071,47 @@ fn split_alignment_targets_equal_one_saved_set() {
         }
     }
 }
+
+#[test]
+fn early_stop_on_the_nll_stops_a_fact_where_its_fit_crosses_the_threshold() {
+    let m = tiny();
+    let (prepared, keys) = setup(&m);
+    let run = |steps: usize, nll: Option<f64>| {
+        let h = ResidualHparams {
+            v_num_grad_steps: steps,
+            early_stop_loss: 0.0,
+            early_stop_nll: nll,
+            ..ResidualHparams::memit()
+        }
+        .check()
+        .unwrap();
+        run_schedule(&m, &prepared, &keys, &h, Schedule::Independent)
+    };
+    let full = run(12, None);
+    assert!(full.stats.iter().all(|s| s.steps == 11 && !s.early_stopped));
+    // A threshold fact 0 crosses between its first and its last iteration.
+    let start = run(1, None).stats[0].final_nll;
+    let t = 0.5 * (start + full.stats[0].final_nll);
+    assert!(full.stats[0].final_nll < t && t < start, "{start} -> {t}");
+    let stopped = run(12, Some(t));
+    let s = &stopped.stats[0];
+    assert!(s.early_stopped && (1..11).contains(&s.steps), "{s:?}");
+    assert!(s.final_nll < t, "{} >= {t}", s.final_nll);
+    // It is the uninterrupted trajectory cut at that step: the same δ as a run with exactly
+    // that many updates, and the iteration before it was still above the threshold.
+    let cut = run(s.steps + 1, None);
+    assert_eq!(stopped.deltas.row(0), cut.deltas.row(0));
+    assert_eq!(s.final_nll, cut.stats[0].final_nll);
+    assert!(run(s.steps, None).stats[0].final_nll >= t);
+    // Invalid thresholds are refused, naming the field.
+    for bad in [0.0, -1.0, f64::NAN] {
+        let e = ResidualHparams {
+            early_stop_nll: Some(bad),
+            ..ResidualHparams::eamet()
+        }
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("early_stop_nll"), "{e}");
+    }
+}
