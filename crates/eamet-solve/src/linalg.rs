@@ -10,10 +10,13 @@
 //! For symmetric matrices we keep the row-major **upper** triangle valid, which LAPACK sees as
 //! the column-major **lower** triangle (`uplo = 'L'`).
 
+use std::ffi::{c_char, CStr};
+
 use cblas_sys::{
     cblas_dgemm, cblas_dsymm, cblas_dsyrk, CblasLeft, CblasNoTrans, CblasRight, CblasRowMajor,
     CblasTrans, CblasUpper,
 };
+use lapack_sys::{dgecon_, dgetrf_, dgetrs_, dpocon_, dpotrf_, dpotrs_, dsyevr_};
 use ndarray::{Array2, ArrayView2, CowArray, Ix2};
 
 use crate::error::{Result, SolveError};
@@ -284,245 +287,6 @@ pub(crate) fn symmetric_rows(u: &Array2<f64>, i0: usize, i1: usize, out: &mut [f
     }
 }
 
-fn lapack_info(routine: &'static str, info: i32) -> Result<()> {
-    if info < 0 {
-        Err(SolveError::Lapack { routine, info })
-    } else {
-        Ok(())
-    }
-}
-
-/// Cholesky factorization in place (`dpotrf`, column-major lower = row-major upper). Returns
-/// `Ok(None)` on success or `Ok(Some(k))` when the leading minor of order `k` is not positive
-/// definite.
-fn potrf_here(a: &mut Array2<f64>) -> Result<Option<usize>> {
-    let n = a.nrows();
-    debug_assert!(owned_ok(a) && a.ncols() == n);
-    let ni = int("matrix order", n)?;
-    let mut info = 0;
-    // SAFETY: `a` is a standard-layout n×n buffer, lda = n.
-    unsafe { lapack_sys::dpotrf_(c"L".as_ptr(), &ni, a.as_mut_ptr(), &ni.max(1), &mut info) };
-    lapack_info("dpotrf", info)?;
-    Ok((info > 0).then_some(info as usize))
-}
-
-/// Reciprocal 1-norm condition estimate from a Cholesky factor (`dpocon`); `anorm` is the
-/// 1-norm of the original matrix.
-fn pocon_here(factor: &Array2<f64>, anorm: f64) -> Result<f64> {
-    let n = factor.nrows();
-    let ni = int("matrix order", n)?;
-    let mut work = vec![0.0; 3 * n.max(1)];
-    let mut iwork = vec![0i32; n.max(1)];
-    let (mut rcond, mut info) = (0.0, 0);
-    // SAFETY: sizes as documented by LAPACK (work 3n, iwork n).
-    unsafe {
-        lapack_sys::dpocon_(
-            c"L".as_ptr(),
-            &ni,
-            factor.as_ptr(),
-            &ni.max(1),
-            &anorm,
-            &mut rcond,
-            work.as_mut_ptr(),
-            iwork.as_mut_ptr(),
-            &mut info,
-        )
-    };
-    lapack_info("dpocon", info)?;
-    Ok(rcond)
-}
-
-/// Solves `A X = B` for all `nrhs` columns at once (`dpotrs`) with the factor from [`potrf`].
-/// `b` is row-major `nrhs × n`, i.e. column-major `B` (n × nrhs); it is overwritten by `X` in
-/// the same layout.
-fn potrs_here(factor: &Array2<f64>, b: &mut Array2<f64>) -> Result<()> {
-    let n = factor.nrows();
-    debug_assert!(owned_ok(b) && b.ncols() == n);
-    let (ni, nrhs) = (int("matrix order", n)?, int("right-hand sides", b.nrows())?);
-    if n == 0 || b.nrows() == 0 {
-        return Ok(());
-    }
-    let mut info = 0;
-    // SAFETY: factor n×n (lda n), b holds n·nrhs values with ldb = n.
-    unsafe {
-        lapack_sys::dpotrs_(
-            c"L".as_ptr(),
-            &ni,
-            &nrhs,
-            factor.as_ptr(),
-            &ni,
-            b.as_mut_ptr(),
-            &ni,
-            &mut info,
-        )
-    };
-    lapack_info("dpotrs", info)
-}
-
-/// LU factorization with partial pivoting in place (`dgetrf`) of the column-major matrix the
-/// buffer holds (for a row-major `M`, that is `Mᵀ`). Returns the pivots and, if `U` has an exact
-/// zero on its diagonal, its 1-based index.
-fn getrf_here(a: &mut Array2<f64>) -> Result<(Vec<i32>, Option<usize>)> {
-    let n = a.nrows();
-    debug_assert!(owned_ok(a) && a.ncols() == n);
-    let ni = int("matrix order", n)?;
-    let mut ipiv = vec![0i32; n];
-    let mut info = 0;
-    // SAFETY: `a` is n×n standard layout; ipiv has n entries.
-    unsafe {
-        lapack_sys::dgetrf_(
-            &ni,
-            &ni,
-            a.as_mut_ptr(),
-            &ni.max(1),
-            ipiv.as_mut_ptr(),
-            &mut info,
-        )
-    };
-    lapack_info("dgetrf", info)?;
-    Ok((ipiv, (info > 0).then_some(info as usize)))
-}
-
-/// Reciprocal 1-norm condition estimate from an LU factorization (`dgecon`); `anorm` is the
-/// 1-norm of the column-major matrix that was factored.
-fn gecon_here(lu: &Array2<f64>, anorm: f64) -> Result<f64> {
-    let n = lu.nrows();
-    let ni = int("matrix order", n)?;
-    let mut work = vec![0.0; 4 * n.max(1)];
-    let mut iwork = vec![0i32; n.max(1)];
-    let (mut rcond, mut info) = (0.0, 0);
-    // SAFETY: sizes as documented by LAPACK (work 4n, iwork n).
-    unsafe {
-        lapack_sys::dgecon_(
-            c"1".as_ptr(),
-            &ni,
-            lu.as_ptr(),
-            &ni.max(1),
-            &anorm,
-            &mut rcond,
-            work.as_mut_ptr(),
-            iwork.as_mut_ptr(),
-            &mut info,
-        )
-    };
-    lapack_info("dgecon", info)?;
-    Ok(rcond)
-}
-
-/// Solves `A X = B` (`dgetrs`, no transpose) for all columns at once, where `A` is the
-/// column-major matrix factored by [`getrf`]. `b` is row-major `nrhs × n` (column-major `B`).
-fn getrs_here(lu: &Array2<f64>, ipiv: &[i32], b: &mut Array2<f64>) -> Result<()> {
-    let n = lu.nrows();
-    debug_assert!(owned_ok(b) && b.ncols() == n && ipiv.len() == n);
-    let (ni, nrhs) = (int("matrix order", n)?, int("right-hand sides", b.nrows())?);
-    if n == 0 || b.nrows() == 0 {
-        return Ok(());
-    }
-    let mut info = 0;
-    // SAFETY: lu n×n, ipiv n, b n·nrhs with ldb = n.
-    unsafe {
-        lapack_sys::dgetrs_(
-            c"N".as_ptr(),
-            &ni,
-            &nrhs,
-            lu.as_ptr(),
-            &ni,
-            ipiv.as_ptr(),
-            b.as_mut_ptr(),
-            &ni,
-            &mut info,
-        )
-    };
-    lapack_info("dgetrs", info)
-}
-
-/// All eigenvalues (ascending) and eigenvectors of a symmetric matrix whose row-major upper
-/// triangle `a` holds (`dsyevr`, MRRR: O(n) workspace, unlike `dsyevd`'s 2n²). `a` is destroyed.
-/// The returned matrix `v` is row-major with **row `j` = eigenvector `j`**.
-fn syevr_here(a: &mut Array2<f64>) -> Result<(Vec<f64>, Array2<f64>)> {
-    let n = a.nrows();
-    debug_assert!(owned_ok(a) && a.ncols() == n);
-    let ni = int("matrix order", n)?;
-    let mut w = vec![0.0; n];
-    let mut z = Array2::<f64>::zeros((n, n));
-    if n == 0 {
-        return Ok((w, z));
-    }
-    let mut isuppz = vec![0i32; 2 * n];
-    let (vl, vu, il, iu) = (0.0, 0.0, 0, 0);
-    let abstol = f64::MIN_POSITIVE;
-    let mut m = 0;
-    let mut info = 0;
-    let mut lwork_q = 0.0;
-    let mut liwork_q = 0i32;
-    // SAFETY (both calls): a, z are n×n standard layout (ldz = n), w has n entries, isuppz 2n;
-    // the first call is a workspace query (lwork = liwork = -1).
-    unsafe {
-        lapack_sys::dsyevr_(
-            c"V".as_ptr(),
-            c"A".as_ptr(),
-            c"L".as_ptr(),
-            &ni,
-            a.as_mut_ptr(),
-            &ni,
-            &vl,
-            &vu,
-            &il,
-            &iu,
-            &abstol,
-            &mut m,
-            w.as_mut_ptr(),
-            z.as_mut_ptr(),
-            &ni,
-            isuppz.as_mut_ptr(),
-            &mut lwork_q,
-            &-1,
-            &mut liwork_q,
-            &-1,
-            &mut info,
-        )
-    };
-    lapack_info("dsyevr (workspace query)", info)?;
-    let lwork = (lwork_q as usize).max(26 * n);
-    let liwork = (liwork_q as usize).max(10 * n);
-    let mut work = vec![0.0; lwork];
-    let mut iwork = vec![0i32; liwork];
-    let (lw, liw) = (int("dsyevr lwork", lwork)?, int("dsyevr liwork", liwork)?);
-    unsafe {
-        lapack_sys::dsyevr_(
-            c"V".as_ptr(),
-            c"A".as_ptr(),
-            c"L".as_ptr(),
-            &ni,
-            a.as_mut_ptr(),
-            &ni,
-            &vl,
-            &vu,
-            &il,
-            &iu,
-            &abstol,
-            &mut m,
-            w.as_mut_ptr(),
-            z.as_mut_ptr(),
-            &ni,
-            isuppz.as_mut_ptr(),
-            work.as_mut_ptr(),
-            &lw,
-            iwork.as_mut_ptr(),
-            &liw,
-            &mut info,
-        )
-    };
-    lapack_info("dsyevr", info)?;
-    if info > 0 || m != ni {
-        return Err(SolveError::Lapack {
-            routine: "dsyevr (no convergence)",
-            info,
-        });
-    }
-    Ok((w, z))
-}
-
 /// 1-norm (max column sum) of the symmetric matrix whose upper triangle `a` holds.
 pub(crate) fn sym_one_norm(a: &Array2<f64>) -> f64 {
     let n = a.nrows();
@@ -573,37 +337,306 @@ fn on_lapack_thread<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> 
     })
 }
 
-/// [`potrf_here`] on a [`on_lapack_thread`] thread.
+/// An n×n standard-layout matrix as LAPACK sees it: its order, as `usize` and as a LAPACK
+/// integer, and its leading dimension.
+struct Square {
+    /// Order `n` as a `usize`, for buffer sizes.
+    n: usize,
+    /// Order `n` as a LAPACK integer.
+    ni: i32,
+    /// Leading dimension of the column-major buffer, `max(n, 1)` (LAPACK wants at least 1 even
+    /// for an empty matrix).
+    ld: i32,
+}
+
+impl Square {
+    /// Describes `a`, which must be square and standard layout (checked in debug builds), and
+    /// checks that its order fits the i32 LAPACK interface.
+    fn of(a: &Array2<f64>) -> Result<Self> {
+        let n = a.nrows();
+        debug_assert!(owned_ok(a) && a.ncols() == n);
+        let ni = int("matrix order", n)?;
+        Ok(Self {
+            n,
+            ni,
+            ld: ni.max(1),
+        })
+    }
+}
+
+/// Runs one LAPACK call, handing it the `info` out-parameter. A negative `info` (an illegal
+/// argument) becomes [`SolveError::Lapack`] naming `routine`; otherwise `info` is returned: 0, or
+/// the routine's own positive failure code.
+fn checked(routine: &'static str, call: impl FnOnce(&mut i32)) -> Result<i32> {
+    let mut info = 0;
+    call(&mut info);
+    if info < 0 {
+        Err(SolveError::Lapack { routine, info })
+    } else {
+        Ok(info)
+    }
+}
+
+/// A factorization's positive `info` as the 1-based index it reports, `None` for success.
+fn failed_at(info: i32) -> Option<usize> {
+    (info > 0).then_some(info as usize)
+}
+
+/// Signature shared by `dpocon` and `dgecon`: `(uplo | norm, n, a, lda, anorm, rcond, work,
+/// iwork, info)`.
+type ConditionFn = unsafe extern "C" fn(
+    *const c_char,
+    *const i32,
+    *const f64,
+    *const i32,
+    *const f64,
+    *mut f64,
+    *mut f64,
+    *mut i32,
+    *mut i32,
+);
+
+/// Reciprocal 1-norm condition estimate from the n×n factorization `factor` by `routine` (`dpocon`
+/// or `dgecon`, called as `lapack` with `mode` as its first argument), which needs
+/// `work_per_n · n` doubles and `n` integers of workspace. `anorm` is the 1-norm of the matrix
+/// that was factored.
+fn condition(
+    routine: &'static str,
+    lapack: ConditionFn,
+    mode: &CStr,
+    work_per_n: usize,
+    factor: &Array2<f64>,
+    anorm: f64,
+) -> Result<f64> {
+    let a = Square::of(factor)?;
+    let mut work = vec![0.0; work_per_n * a.n.max(1)];
+    let mut iwork = vec![0i32; a.n.max(1)];
+    let mut rcond = 0.0;
+    // SAFETY: `factor` is n×n standard layout with lda = max(n, 1); work and iwork have the sizes
+    // LAPACK documents for both routines.
+    checked(routine, |info| unsafe {
+        lapack(
+            mode.as_ptr(),
+            &a.ni,
+            factor.as_ptr(),
+            &a.ld,
+            &anorm,
+            &mut rcond,
+            work.as_mut_ptr(),
+            iwork.as_mut_ptr(),
+            info,
+        )
+    })?;
+    Ok(rcond)
+}
+
+/// Shared frame of the multi-right-hand-side solves: `factor` is the n×n factorization and `b` is
+/// row-major `nrhs × n`, i.e. column-major `B` (n × nrhs, ldb = n), overwritten by `X`. Makes no
+/// call when `n` or `nrhs` is zero; otherwise `call` gets `(factor, nrhs, b, info)`.
+fn solve_in_place(
+    routine: &'static str,
+    factor: &Array2<f64>,
+    b: &mut Array2<f64>,
+    call: impl FnOnce(&Square, &i32, *mut f64, &mut i32),
+) -> Result<()> {
+    let a = Square::of(factor)?;
+    debug_assert!(owned_ok(b) && b.ncols() == a.n);
+    let nrhs = int("right-hand sides", b.nrows())?;
+    if a.n == 0 || b.nrows() == 0 {
+        return Ok(());
+    }
+    checked(routine, |info| call(&a, &nrhs, b.as_mut_ptr(), info))?;
+    Ok(())
+}
+
+/// A routine that sizes its own workspace, for [`with_workspace`]: the names its errors carry and
+/// the least workspace it is given.
+struct Workspace {
+    /// Routine name for an illegal argument in the workspace query.
+    query: &'static str,
+    /// Routine name for an illegal argument in the real call.
+    routine: &'static str,
+    /// What a `lwork` too large for i32 is called.
+    lwork: &'static str,
+    /// What a `liwork` too large for i32 is called.
+    liwork: &'static str,
+    /// Least `lwork` (doubles), whatever the query reports.
+    min_work: usize,
+    /// Least `liwork` (integers), whatever the query reports.
+    min_iwork: usize,
+}
+
+/// Calls `call(work, lwork, iwork, liwork, info)` twice: first as a workspace query (`lwork =
+/// liwork = -1`; the optimal sizes come back in the first element of each buffer), then with
+/// buffers of the reported sizes, raised to `spec`'s minimums. Returns the real call's `info`.
+fn with_workspace(
+    spec: &Workspace,
+    mut call: impl FnMut(*mut f64, &i32, *mut i32, &i32, &mut i32),
+) -> Result<i32> {
+    let (mut lwork_q, mut liwork_q) = (0.0, 0i32);
+    checked(spec.query, |info| {
+        call(&mut lwork_q, &-1, &mut liwork_q, &-1, info)
+    })?;
+    let lwork = (lwork_q as usize).max(spec.min_work);
+    let liwork = (liwork_q as usize).max(spec.min_iwork);
+    let mut work = vec![0.0; lwork];
+    let mut iwork = vec![0i32; liwork];
+    let (lw, liw) = (int(spec.lwork, lwork)?, int(spec.liwork, liwork)?);
+    checked(spec.routine, |info| {
+        call(work.as_mut_ptr(), &lw, iwork.as_mut_ptr(), &liw, info)
+    })
+}
+
+/// Cholesky factorization in place (`dpotrf`, column-major lower = row-major upper). Returns
+/// `Ok(None)` on success or `Ok(Some(k))` when the leading minor of order `k` is not positive
+/// definite. Runs on [`on_lapack_thread`].
 pub(crate) fn potrf(a: &mut Array2<f64>) -> Result<Option<usize>> {
-    on_lapack_thread(|| potrf_here(a))
+    on_lapack_thread(|| {
+        let sq = Square::of(a)?;
+        // SAFETY: `a` is a standard-layout n×n buffer, lda = max(n, 1).
+        checked("dpotrf", |info| unsafe {
+            dpotrf_(c"L".as_ptr(), &sq.ni, a.as_mut_ptr(), &sq.ld, info)
+        })
+        .map(failed_at)
+    })
 }
 
-/// [`pocon_here`] on a [`on_lapack_thread`] thread.
+/// Reciprocal 1-norm condition estimate from a Cholesky factor (`dpocon`); `anorm` is the
+/// 1-norm of the original matrix. Runs on [`on_lapack_thread`].
 pub(crate) fn pocon(factor: &Array2<f64>, anorm: f64) -> Result<f64> {
-    on_lapack_thread(|| pocon_here(factor, anorm))
+    on_lapack_thread(|| condition("dpocon", dpocon_, c"L", 3, factor, anorm))
 }
 
-/// [`potrs_here`] on a [`on_lapack_thread`] thread.
+/// Solves `A X = B` for all `nrhs` columns at once (`dpotrs`) with the factor from [`potrf`].
+/// `b` is row-major `nrhs × n`, i.e. column-major `B` (n × nrhs); it is overwritten by `X` in
+/// the same layout. Runs on [`on_lapack_thread`].
 pub(crate) fn potrs(factor: &Array2<f64>, b: &mut Array2<f64>) -> Result<()> {
-    on_lapack_thread(|| potrs_here(factor, b))
+    on_lapack_thread(|| {
+        // SAFETY: factor n×n (lda n), b holds n·nrhs values with ldb = n.
+        solve_in_place("dpotrs", factor, b, |a, nrhs, b, info| unsafe {
+            dpotrs_(
+                c"L".as_ptr(),
+                &a.ni,
+                nrhs,
+                factor.as_ptr(),
+                &a.ld,
+                b,
+                &a.ld,
+                info,
+            )
+        })
+    })
 }
 
-/// [`getrf_here`] on a [`on_lapack_thread`] thread.
+/// LU factorization with partial pivoting in place (`dgetrf`) of the column-major matrix the
+/// buffer holds (for a row-major `M`, that is `Mᵀ`). Returns the pivots and, if `U` has an exact
+/// zero on its diagonal, its 1-based index. Runs on [`on_lapack_thread`].
 pub(crate) fn getrf(a: &mut Array2<f64>) -> Result<(Vec<i32>, Option<usize>)> {
-    on_lapack_thread(|| getrf_here(a))
+    on_lapack_thread(|| {
+        let sq = Square::of(a)?;
+        let mut ipiv = vec![0i32; sq.n];
+        // SAFETY: `a` is n×n standard layout (lda = max(n, 1)); ipiv has n entries.
+        let info = checked("dgetrf", |info| unsafe {
+            dgetrf_(
+                &sq.ni,
+                &sq.ni,
+                a.as_mut_ptr(),
+                &sq.ld,
+                ipiv.as_mut_ptr(),
+                info,
+            )
+        })?;
+        Ok((ipiv, failed_at(info)))
+    })
 }
 
-/// [`gecon_here`] on a [`on_lapack_thread`] thread.
+/// Reciprocal 1-norm condition estimate from an LU factorization (`dgecon`); `anorm` is the
+/// 1-norm of the column-major matrix that was factored. Runs on [`on_lapack_thread`].
 pub(crate) fn gecon(lu: &Array2<f64>, anorm: f64) -> Result<f64> {
-    on_lapack_thread(|| gecon_here(lu, anorm))
+    on_lapack_thread(|| condition("dgecon", dgecon_, c"1", 4, lu, anorm))
 }
 
-/// [`getrs_here`] on a [`on_lapack_thread`] thread.
+/// Solves `A X = B` (`dgetrs`, no transpose) for all columns at once, where `A` is the
+/// column-major matrix factored by [`getrf`]. `b` is row-major `nrhs × n` (column-major `B`).
+/// Runs on [`on_lapack_thread`].
 pub(crate) fn getrs(lu: &Array2<f64>, ipiv: &[i32], b: &mut Array2<f64>) -> Result<()> {
-    on_lapack_thread(|| getrs_here(lu, ipiv, b))
+    on_lapack_thread(|| {
+        debug_assert_eq!(ipiv.len(), lu.nrows());
+        // SAFETY: lu n×n, ipiv n, b n·nrhs with ldb = n.
+        solve_in_place("dgetrs", lu, b, |a, nrhs, b, info| unsafe {
+            dgetrs_(
+                c"N".as_ptr(),
+                &a.ni,
+                nrhs,
+                lu.as_ptr(),
+                &a.ld,
+                ipiv.as_ptr(),
+                b,
+                &a.ld,
+                info,
+            )
+        })
+    })
 }
 
-/// [`syevr_here`] on a [`on_lapack_thread`] thread.
+/// All eigenvalues (ascending) and eigenvectors of a symmetric matrix whose row-major upper
+/// triangle `a` holds (`dsyevr`, MRRR: O(n) workspace, unlike `dsyevd`'s 2n²). `a` is destroyed.
+/// The returned matrix `v` is row-major with **row `j` = eigenvector `j`**. Runs on
+/// [`on_lapack_thread`].
 pub(crate) fn syevr(a: &mut Array2<f64>) -> Result<(Vec<f64>, Array2<f64>)> {
-    on_lapack_thread(|| syevr_here(a))
+    on_lapack_thread(|| {
+        let sq = Square::of(a)?;
+        let n = sq.n;
+        let mut w = vec![0.0; n];
+        let mut z = Array2::<f64>::zeros((n, n));
+        if n == 0 {
+            return Ok((w, z));
+        }
+        let mut isuppz = vec![0i32; 2 * n];
+        let (vl, vu, il, iu) = (0.0, 0.0, 0, 0);
+        let abstol = f64::MIN_POSITIVE;
+        let mut m = 0;
+        let spec = Workspace {
+            query: "dsyevr (workspace query)",
+            routine: "dsyevr",
+            lwork: "dsyevr lwork",
+            liwork: "dsyevr liwork",
+            min_work: 26 * n,
+            min_iwork: 10 * n,
+        };
+        // SAFETY (both calls): a, z are n×n standard layout (lda = ldz = n), w has n entries,
+        // isuppz 2n; `with_workspace` passes work/iwork buffers matching lwork/liwork.
+        let info = with_workspace(&spec, |work, lwork, iwork, liwork, info| unsafe {
+            dsyevr_(
+                c"V".as_ptr(),
+                c"A".as_ptr(),
+                c"L".as_ptr(),
+                &sq.ni,
+                a.as_mut_ptr(),
+                &sq.ld,
+                &vl,
+                &vu,
+                &il,
+                &iu,
+                &abstol,
+                &mut m,
+                w.as_mut_ptr(),
+                z.as_mut_ptr(),
+                &sq.ld,
+                isuppz.as_mut_ptr(),
+                work,
+                lwork,
+                iwork,
+                liwork,
+                info,
+            )
+        })?;
+        if info > 0 || m != sq.ni {
+            return Err(SolveError::Lapack {
+                routine: "dsyevr (no convergence)",
+                info,
+            });
+        }
+        Ok((w, z))
+    })
 }
