@@ -376,9 +376,7 @@ fn summarize(dirs: &[PathBuf], out: &std::path::Path) -> anyhow::Result<()> {
     let md = eamet::eval::summary::summary_markdown(&reports);
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     let path = out.join("summary.md");
-    let tmp = out.join(format!("summary.md.tmp{}", std::process::id()));
-    std::fs::write(&tmp, &md).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    eamet::eval::report::write_atomic(&path, md.as_bytes())?;
     let plots = eamet::eval::summary::summary_plots(&reports, out)?;
     print!("{md}");
     eprintln!(

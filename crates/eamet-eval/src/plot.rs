@@ -36,10 +36,9 @@
 //! The number of edits in [`efficacy_vs_edits`] is on a `log10` axis when all counts are at
 //! least 1 and the largest is more than ten times the smallest; otherwise on a linear axis.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use plotters::coord::Shift;
@@ -358,51 +357,8 @@ fn render_and_write(
         svg: out_dir.join(format!("{stem}.svg")),
         png: out_dir.join(format!("{stem}.png")),
     };
-    write_atomically(out_dir, &[(&files.svg, svg.as_bytes()), (&files.png, &png)])?;
+    crate::atomic::write_files(&[(&files.svg, svg.as_bytes()), (&files.png, &png)])
+        .map_err(|(path, source)| PlotError::Io { path, source })?;
     Ok(files)
 }
 
-/// Writes every `(path, bytes)` to a temporary file in `dir`, then renames them all into
-/// place; on error, removes the temporary files left.
-fn write_atomically(dir: &Path, outputs: &[(&Path, &[u8])]) -> Result<(), PlotError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut temps: Vec<PathBuf> = Vec::with_capacity(outputs.len());
-    let result = (|| {
-        for (path, bytes) in outputs {
-            let name = path
-                .file_name()
-                .map_or_else(Default::default, |n| n.to_string_lossy());
-            let temp = dir.join(format!(
-                ".{name}.{}.{}.tmp",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
-            let io_err = |source| PlotError::Io {
-                path: temp.clone(),
-                source,
-            };
-            let mut file: File = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)
-                .map_err(io_err)?;
-            temps.push(temp.clone());
-            file.write_all(bytes).map_err(io_err)?;
-            file.sync_all().map_err(io_err)?;
-        }
-        for ((path, _), temp) in outputs.iter().zip(&temps) {
-            fs::rename(temp, path).map_err(|source| PlotError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        for temp in &temps {
-            // Already renamed ones are gone; the others are ours to clean up.
-            let _ = fs::remove_file(temp);
-        }
-    }
-    result
-}

@@ -455,12 +455,6 @@ pub enum ReportError {
 /// # Errors
 /// [`ReportError::Io`] naming the file that could not be written or renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<PathBuf, ReportError> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| ReportError::Io(tmp.clone(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ReportError::Io(path.to_path_buf(), e))?;
+    crate::atomic::write_files(&[(path, bytes)]).map_err(|(p, e)| ReportError::Io(p, e))?;
     Ok(path.to_path_buf())
 }

@@ -17,6 +17,7 @@
 //! place, so a failed write leaves nothing behind; an input model file is never replaced, and
 //! an existing output only with [`OutputOptions::overwrite`].
 
+use crate::atomic::TempOutput;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgmlType, GgufFile, MetaValue};
 use crate::llama::{LlamaModel, ModelSource};
@@ -182,61 +183,6 @@ pub struct TensorReplacement {
     pub dtype: GgmlType,
     /// Encoded data (same element count as the original tensor).
     pub data: Vec<u8>,
-}
-
-/// Removes a temporary output on drop unless it was committed.
-struct TempOutput {
-    tmp: PathBuf,
-    committed: bool,
-}
-
-impl TempOutput {
-    fn beside(out: &Path) -> Result<Self> {
-        let name = out.file_name().ok_or_else(|| {
-            export_err(ExportError::Unsupported(format!(
-                "{}: not a file or directory path",
-                out.display()
-            )))
-        })?;
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Ok(TempOutput {
-            tmp: dir.join(format!(
-                ".{}.tmp-{}",
-                name.to_string_lossy(),
-                std::process::id()
-            )),
-            committed: false,
-        })
-    }
-
-    /// Renames the temporary output to `out` (replacing a directory there when asked).
-    fn commit(mut self, out: &Path) -> Result<()> {
-        if out.is_dir() && self.tmp.is_dir() {
-            let old = self.tmp.with_extension("old");
-            std::fs::rename(out, &old).map_err(io(out))?;
-            std::fs::rename(&self.tmp, out).map_err(io(out))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&self.tmp, out).map_err(io(out))?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.committed {
-            if self.tmp.is_dir() {
-                let _ = std::fs::remove_dir_all(&self.tmp);
-            } else {
-                let _ = std::fs::remove_file(&self.tmp);
-            }
-        }
-    }
 }
 
 /// Refuses an output that is (or, for directories, contains or lies in) a protected path,
@@ -449,23 +395,25 @@ pub fn write_gguf(
 
     let temp = TempOutput::beside(out)?;
     {
-        let file = std::fs::File::create(&temp.tmp).map_err(io(&temp.tmp))?;
+        let file = std::fs::File::create(temp.path()).map_err(io(temp.path()))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
-        w.write_all(&head).map_err(io(&temp.tmp))?;
+        w.write_all(&head).map_err(io(temp.path()))?;
         for (t, len) in src.tensors.iter().zip(layout) {
             let data = match by_name.get(t.name.as_str()) {
                 Some(r) => &r.data[..],
                 None => src.tensor_bytes(t),
             };
-            w.write_all(data).map_err(io(&temp.tmp))?;
+            w.write_all(data).map_err(io(temp.path()))?;
             w.write_all(&vec![0u8; padding(len, align)])
-                .map_err(io(&temp.tmp))?;
+                .map_err(io(temp.path()))?;
         }
-        let file = w.into_inner().map_err(|e| io(&temp.tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&temp.tmp))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| io(temp.path())(e.into_error()))?;
+        file.sync_all().map_err(io(temp.path()))?;
     }
     // The written file must parse back, with every tensor where the layout put it.
-    let back = GgufFile::open(&temp.tmp)?;
+    let back = GgufFile::open(temp.path())?;
     if back.tensors.len() != src.tensors.len()
         || back.metadata.len() != src.metadata.len() + appended.len()
     {
@@ -808,10 +756,10 @@ pub fn save_safetensors_dir(
     protected.extend(opts.protected.iter().cloned());
     check_output(out, &protected, opts.overwrite)?;
     let temp = TempOutput::beside(out)?;
-    if temp.tmp.exists() {
-        std::fs::remove_dir_all(&temp.tmp).map_err(io(&temp.tmp))?;
+    if temp.path().exists() {
+        std::fs::remove_dir_all(temp.path()).map_err(io(temp.path()))?;
     }
-    std::fs::create_dir_all(&temp.tmp).map_err(io(&temp.tmp))?;
+    std::fs::create_dir_all(temp.path()).map_err(io(temp.path()))?;
     let written = match model.source() {
         ModelSource::HfDir(dir) => {
             if let Some(d) = dtype {
@@ -819,9 +767,9 @@ pub fn save_safetensors_dir(
                     "--dtype {d}: a Hugging Face input keeps its own dtypes"
                 ))));
             }
-            write_from_hf(model, dir, &temp.tmp)?
+            write_from_hf(model, dir, temp.path())?
         }
-        ModelSource::Gguf(_) => write_from_gguf(model, dtype.unwrap_or(StDtype::F32), &temp.tmp)?,
+        ModelSource::Gguf(_) => write_from_gguf(model, dtype.unwrap_or(StDtype::F32), temp.path())?,
     };
     temp.commit(out)?;
     Ok(written)

@@ -200,31 +200,25 @@ impl Patch {
         meta.insert("method".into(), self.meta.method.clone());
         let bytes = safetensors::tensor::serialize(views, Some(meta))
             .map_err(|e| patch_err(path, e.to_string()))?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .ok_or_else(|| patch_err(path, "not a file path"))?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        std::fs::write(&tmp, &bytes).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_err(path)(e)
-        })
+        crate::atomic::write_file(path, &bytes)
     }
 
-    /// Read a patch file; every field is validated.
+    /// Read a patch file; every field is validated ([`Patch::from_bytes`]).
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// A patch from the bytes of a patch file; `path` only names the source in errors. Every
+    /// field is validated: the safetensors container, the metadata keys and their values,
+    /// each layer's tensor (present, F32, `[d_model, d_ff]`, finite).
+    ///
+    /// # Errors
+    /// [`ModelError::Patch`] naming the file and what is wrong.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
             .map_err(|e| patch_err(path, format!("not a safetensors file: {e}")))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| patch_err(path, format!("not a safetensors file: {e}")))?;
         let meta = header
             .metadata()

@@ -7,7 +7,6 @@
 //! - `fact-00000012.bin`: magic `EAMETRS1`, `u64` fact index, `u64` d_model, `δ` and `h` as
 //!   little-endian `f32`, `u64` length + JSON of the [`FactStats`](crate::FactStats).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -19,24 +18,9 @@ use crate::optimize::FactStats;
 const MAGIC: &[u8; 8] = b"EAMETRS1";
 const FORMAT: &str = "eamet-optim residuals v1";
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
+/// Writes `bytes` to `path` atomically (eamet-hooks' one writer for every output).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(eamet_hooks::atomic::write_file(path, bytes)?)
 }
 
 /// Hex sha256.
