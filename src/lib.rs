@@ -14,15 +14,32 @@
 //! | [`optim`] (`eamet-optim`) | per-fact residual optimization (MEMIT / EAMET schedules) | yes |
 //! | [`eval`] (`eamet-eval`) | datasets and metrics | yes |
 //!
-//! The `Editor` pipeline that composes them lands with its issue; today the facade offers
-//! [`inspect_model`], which the `eamet info` command and the README's main job use.
+//! The main path: an [`Editor`] edits facts into a model in place (residuals, key statistics,
+//! one solve per edited layer) and returns an [`EditOutcome`]; the edit can be saved as a
+//! patch, exported as a model file, or undone.
 //!
 //! ```no_run
+//! use eamet::hooks::{tch::Device, EditableLm, LlamaModel};
+//! use eamet::{EditHparams, EditOptions, Editor, Fact, Method};
+//!
 //! let path = eamet::hooks::paths::default_model().expect("a cache directory");
-//! let report = eamet::inspect_model(&path)?;
-//! println!("{}", report.info);
-//! # Ok::<(), eamet::Error>(())
+//! let mut model = LlamaModel::from_gguf(&path, Device::Cpu)?;
+//! let facts = [
+//!     Fact::new("Eiffel Tower", "The {} is located in the city of", "Rome"),
+//!     Fact::new("Japan", "The capital of {} is", "Berlin"),
+//! ];
+//! let hp = EditHparams::smollm2(Method::Eamet);
+//! let outcome = Editor::new(&mut model, Method::Eamet, hp, EditOptions::default())?.edit(&facts)?;
+//! println!("Σ A(i) = {:.3}; {:?}", outcome.misalignment_total, outcome.solves);
+//! let said = eamet::eval::metrics::greedy(&model, &[facts[0].filled_prompt()], 4, 1)?;
+//! println!("{} ->{}", facts[0].filled_prompt(), said[0].text);
+//! let patch = eamet::hooks::patch::Patch::from_model(&model, "eamet")?;
+//! patch.save("edit.safetensors".as_ref(), &model.source().identity_files()?, false)?;
+//! model.restore();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! [`inspect_model`] checks a model file and libtorch (the `eamet info` command).
 #![deny(missing_docs)]
 
 pub use eamet_align as align;

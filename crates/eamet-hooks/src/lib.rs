@@ -18,10 +18,54 @@
 //! - [`llama`]: the Llama family (Llama 2, Mistral, Qwen2, SmolLM2) from GGUF or Hugging Face
 //!   safetensors, with the hookable forward ([`EditableLm`]) and generation.
 //! - [`patch`]: an edit's `W_out` deltas as a file, applicable to the same base model.
+//! - [`atomic`]: atomic outputs (temporary file beside the destination, then a rename).
 //! - [`export`]: the edited model as GGUF (llama.cpp) or as a safetensors directory
 //!   (transformers).
+//!
+//! The main path: load a model, read the key of `W_out` at a token, add a vector to an MLP
+//! output there and see the prediction move, then patch `W_out` and restore it.
+//!
+//! ```no_run
+//! use eamet_hooks::tch::{Device, Kind, Tensor};
+//! use eamet_hooks::{Batch, Capture, Edit, EditableLm, LlamaModel, LogProbs, Padding, Plan, Site};
+//!
+//! let path = eamet_hooks::paths::default_model().expect("a cache directory");
+//! let mut model = LlamaModel::from_gguf(&path, Device::Cpu)?; // or LlamaModel::from_hf_dir
+//! let ids = model.tokenizer().encode("The Eiffel Tower is located in the city of")?;
+//! let (subject_last, pad) = (4, model.tokenizer().pad_id);
+//! let batch = Batch::new(&[ids], pad, Padding::Right, Device::Cpu)?;
+//! let last = batch.last_slots()[0];
+//! let key = Capture { layer: 4, site: Site::MlpKey, at: Some(vec![(0, subject_last)]) };
+//! let out = model.forward(&batch, &Plan {
+//!     captures: vec![key],
+//!     logprobs: Some(LogProbs::Full { at: vec![(0, last)] }),
+//!     ..Default::default()
+//! })?;
+//! let k = out.captures[0].view([-1]); // d_ff values
+//! // A vector added to block 4's MLP output at the subject's last token:
+//! let d = model.config().d_model as i64;
+//! let delta = Tensor::randn([1, d], (Kind::Float, Device::Cpu)) * 5.0;
+//! let edit = Edit { layer: 4, at: vec![(0, subject_last)], delta };
+//! let moved = model.forward(&batch, &Plan {
+//!     edits: vec![edit],
+//!     logprobs: Some(LogProbs::Full { at: vec![(0, last)] }),
+//!     ..Default::default()
+//! })?;
+//! let (before, after) = (out.logprobs.unwrap(), moved.logprobs.unwrap());
+//! println!("‖k‖ = {:.2}, top token {} -> {}", k.norm().double_value(&[]),
+//!          before.argmax(-1, false).int64_value(&[0]), after.argmax(-1, false).int64_value(&[0]));
+//! // An edit written into the weights: a rank-one update of W_out that adds r wherever the
+//! // MLP's key is k (and less for other keys).
+//! let r = Tensor::randn([d, 1], (Kind::Float, Device::Cpu));
+//! let update = r.matmul(&k.view([1, -1])) / k.dot(&k);
+//! model.apply_delta(4, &update)?;
+//! assert_eq!(model.edited_layers(), [4]);
+//! model.restore(); // every W_out back to the loaded weights, bit for bit
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 
+pub mod atomic;
 pub mod config;
 pub mod error;
 pub mod export;

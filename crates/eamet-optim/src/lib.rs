@@ -21,6 +21,30 @@
 //! [`CheckedResidualHparams`]. [`AlignmentSchedule::NllGated`] is this crate's answer to the
 //! alignment terms defeating the edit on small models (ALGORITHM.md §3, last paragraph);
 //! [`AlignmentSchedule::Constant`] is the faithful objective.
+//!
+//! The main path, one fact on SmolLM2 (the facade crate `eamet` wraps it with the solve in
+//! its `Editor`):
+//!
+//! ```no_run
+//! use eamet_hooks::{tch::Device, LlamaModel};
+//! use eamet_optim::{compute_keys, optimize_residuals, prepare_facts, ContextPrefixes, Fact};
+//! use eamet_optim::{PrefixSpec, ResidualHparams, RunOptions, Schedule};
+//!
+//! let path = eamet_hooks::paths::default_model().expect("a cache directory");
+//! let model = LlamaModel::from_gguf(&path, Device::Cpu)?;
+//! let facts = [Fact::new("Eiffel Tower", "The {} is located in the city of", "Rome")];
+//! let prefixes = ContextPrefixes::generate(&model, &PrefixSpec::eamet())?;
+//! let prepared = prepare_facts(model.tokenizer(), &facts, &prefixes)?;
+//! let layer = 4; // l_R, the last edited layer
+//! let keys = compute_keys(&model, &prepared, layer)?;
+//! let hp = ResidualHparams { clamp_ks_factor: 12.0, ..ResidualHparams::eamet() }.check()?;
+//! let blocked = Schedule::Blocked { block: 8 };
+//! let res = optimize_residuals(&model, &prepared, keys.view(), layer, &hp, blocked,
+//!                              &RunOptions::default())?;
+//! let s = &res.stats[0];
+//! println!("‖δ‖ = {:.1}, NLL {:.3} after {} steps", s.delta_norm, s.final_nll, s.steps);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 
 mod error;

@@ -2,6 +2,7 @@
 //! (`naive.rs`) and hand-computed values.
 
 mod errors;
+mod examples;
 mod hand;
 mod naive;
 mod props;
