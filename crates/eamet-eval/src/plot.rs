@@ -361,4 +361,3 @@ fn render_and_write(
         .map_err(|(path, source)| PlotError::Io { path, source })?;
     Ok(files)
 }
-
