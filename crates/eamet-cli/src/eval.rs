@@ -2,14 +2,16 @@
 
 use crate::common::{cache_dir, corpus, hparams, load_model, read_records, resolve_model};
 use anyhow::{bail, Result};
-use eamet::eval::metrics::EvalConfig;
+use eamet::eval::data::EvalRecord;
+use eamet::eval::metrics::{EvalConfig, RecordEval};
 use eamet::eval::report::Report;
 use eamet::eval::report::RunInfo;
 use eamet::evaluation::{run_eval_with_pre, EvalPlan, EvalSchedule};
-use eamet::hooks::EditableLm;
-use eamet::{EditOptions, Method};
+use eamet::hooks::{EditableLm, LlamaModel};
+use eamet::stats::Corpus;
+use eamet::{EditHparams, EditOptions, Method};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `eamet eval`.
 pub struct EvalArgs {
@@ -60,8 +62,53 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// `eamet eval`: evaluate the records before and after editing the model with their rewrites,
+/// write the report and print it.
 pub fn run(a: EvalArgs) -> Result<()> {
     let method = Method::parse(&a.method)?;
+    check_args(&a)?;
+    let (records, dataset, format) = load_records(&a)?;
+    let facts: Vec<_> = records.iter().map(|r| r.rewrite.to_fact()).collect();
+    eamet::optim::validate_facts(&facts)?;
+    let corpus = corpus(&a.corpus)?;
+    let stats_corpus = self::corpus(&a.stats_corpus)?;
+    let path = resolve_model(a.model.clone())?;
+    let mut model = load_model(&path)?;
+    let hp = hparams(
+        method,
+        a.hparams.as_deref(),
+        a.layers.clone(),
+        a.block,
+        model.config().n_layers,
+    )?;
+    let cache = cache_dir()?;
+    let prefix_docs = prefix_docs(&model, corpus.as_ref(), &hp, &cache, !a.json)?;
+    let edit_corpus = if a.stats_corpus.is_empty() {
+        corpus
+    } else {
+        stats_corpus
+    };
+    let plan = eval_plan(&a, method, hp, edit_corpus, prefix_docs, records.len());
+    let info = run_info(&a, &path, &model, dataset, format, records.len())?;
+    if !a.json {
+        eprintln!(
+            "evaluating {} on {} records of {} (pre-edit, edit, post-edit)",
+            eamet::evaluation::method_name(method),
+            records.len(),
+            a.dataset.display()
+        );
+    }
+    let pre = match &a.pre_from {
+        None => None,
+        Some(dir) => Some(load_pre(dir, &info, &plan)?),
+    };
+    let report = run_eval_with_pre(&mut model, &records, &plan, info, pre)?;
+    let written = report.write(&a.report)?;
+    print_report(&report, written, a.json)
+}
+
+/// Refuses bad counts and a report directory that already holds a report.
+fn check_args(a: &EvalArgs) -> Result<()> {
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
@@ -74,58 +121,65 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.report.display()
         );
     }
-    let (records, dataset, format) = if a.same_subject {
-        // The "several facts per subject" suite: every record whose subject occurs in another
-        // record of the file, grouped by subject; --offset/--n then count within that list.
-        let (all, dataset, format) = read_records(Some(&a.dataset), 0, None)?;
-        let picked: Vec<_> = eamet::eval::data::group_by_subject(&all)
-            .into_iter()
-            .flat_map(|(_, idx)| idx)
-            .skip(a.offset)
-            .take(a.n)
-            .map(|i| all[i].clone())
-            .collect();
-        if picked.is_empty() {
-            bail!("{dataset}: no subject occurs in two records (in the range asked for)");
-        }
-        (
-            picked,
-            format!("{dataset} (records sharing a subject)"),
-            format,
-        )
-    } else {
-        read_records(Some(&a.dataset), a.offset, Some(a.n))?
-    };
-    let facts: Vec<_> = records.iter().map(|r| r.rewrite.to_fact()).collect();
-    eamet::optim::validate_facts(&facts)?;
-    let corpus = corpus(&a.corpus)?;
-    let stats_corpus = self::corpus(&a.stats_corpus)?;
-    let path = resolve_model(a.model)?;
-    let mut model = load_model(&path)?;
-    let hp = hparams(
-        method,
-        a.hparams.as_deref(),
-        a.layers,
-        a.block,
-        model.config().n_layers,
-    )?;
-    let cache = cache_dir()?;
-    let prefix_docs = match &corpus {
+    Ok(())
+}
+
+/// The records to evaluate (`--offset`/`--n` of the file, or of its records sharing a subject
+/// with `--same-subject`), with the dataset's name and format.
+fn load_records(a: &EvalArgs) -> Result<(Vec<EvalRecord>, String, String)> {
+    if !a.same_subject {
+        return read_records(Some(&a.dataset), a.offset, Some(a.n));
+    }
+    // The "several facts per subject" suite: every record whose subject occurs in another
+    // record of the file, grouped by subject; --offset/--n then count within that list.
+    let (all, dataset, format) = read_records(Some(&a.dataset), 0, None)?;
+    let picked: Vec<_> = eamet::eval::data::group_by_subject(&all)
+        .into_iter()
+        .flat_map(|(_, idx)| idx)
+        .skip(a.offset)
+        .take(a.n)
+        .map(|i| all[i].clone())
+        .collect();
+    if picked.is_empty() {
+        bail!("{dataset}: no subject occurs in two records (in the range asked for)");
+    }
+    Ok((
+        picked,
+        format!("{dataset} (records sharing a subject)"),
+        format,
+    ))
+}
+
+/// The documents context prefixes are cut from: the `--corpus` files, else text the model
+/// generates (cached).
+fn prefix_docs(
+    model: &LlamaModel,
+    corpus: Option<&Corpus>,
+    hp: &EditHparams,
+    cache: &Path,
+    progress: bool,
+) -> Result<Vec<String>> {
+    Ok(match corpus {
         Some(c) => c.docs.clone(),
         None => {
             eamet::stats::generated_corpus(
-                &model,
+                model,
                 hp.mom2_n_samples,
                 hp.mom2_max_tokens,
-                &cache,
-                !a.json,
+                cache,
+                progress,
             )?
             .docs
         }
-    };
+    })
+}
+
+/// The metric settings: the defaults, less what `--no-fluency` / `--no-robustness` turn off,
+/// with the fluency and robustness sample of `--extra-sample` records.
+fn eval_config(a: &EvalArgs, n_records: usize) -> EvalConfig {
     let mut eval = EvalConfig {
         progress: !a.json,
-        extra_sample: (a.extra_sample < records.len()).then_some(a.extra_sample),
+        extra_sample: (a.extra_sample < n_records).then_some(a.extra_sample),
         extra_seed: a.seed,
         ..Default::default()
     };
@@ -135,27 +189,77 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.no_robustness {
         eval.robustness_lens.clear();
     }
-    let plan = EvalPlan {
+    eval
+}
+
+/// What to run: the edit (editing `corpus` for statistics), the metrics and the schedule
+/// (batches of `--batch-size` edits, else all at once).
+fn eval_plan(
+    a: &EvalArgs,
+    method: Method,
+    hparams: EditHparams,
+    corpus: Option<Corpus>,
+    prefix_docs: Vec<String>,
+    n_records: usize,
+) -> EvalPlan {
+    EvalPlan {
         method,
-        hparams: hp,
+        hparams,
         edit: EditOptions {
-            run_dir: a.run_dir,
-            corpus: if a.stats_corpus.is_empty() {
-                corpus
-            } else {
-                stats_corpus
-            },
+            run_dir: a.run_dir.clone(),
+            corpus,
             progress: !a.json,
             ..Default::default()
         },
-        eval,
+        eval: eval_config(a, n_records),
         prefix_docs,
         seed: a.seed,
         schedule: match a.batch_size {
-            Some(k) if k < records.len() => EvalSchedule::Batches(k),
+            Some(k) if k < n_records => EvalSchedule::Batches(k),
             _ => EvalSchedule::AllThenEvaluate,
         },
-    };
+    }
+}
+
+/// The report's description of the run (the method, hyperparameters, metric settings and
+/// schedule are filled in by the evaluation).
+fn run_info(
+    a: &EvalArgs,
+    path: &Path,
+    model: &LlamaModel,
+    dataset: String,
+    format: String,
+    n_records: usize,
+) -> Result<RunInfo> {
+    Ok(RunInfo {
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        created: now_rfc3339(),
+        command: Some(command_line()),
+        model: path.display().to_string(),
+        model_sha256: model.base_sha256()?,
+        dataset,
+        dataset_format: format,
+        offset: a.offset,
+        n: n_records,
+        method: String::new(),
+        hparams: serde_json::Value::Null,
+        eval_config: EvalConfig::default(),
+        seed: a.seed,
+        schedule: String::new(),
+        environment: environment(),
+    })
+}
+
+/// The command line, arguments with a space quoted.
+fn command_line() -> String {
+    std::env::args()
+        .map(|s| if s.contains(' ') { format!("'{s}'") } else { s })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Where the run happens: libtorch threads, OS, CPUs, build profile.
+fn environment() -> BTreeMap<String, String> {
     let mut environment = BTreeMap::new();
     environment.insert(
         "libtorch threads".into(),
@@ -177,73 +281,46 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         .into(),
     );
-    let info = RunInfo {
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        created: now_rfc3339(),
-        command: Some(
-            std::env::args()
-                .map(|s| if s.contains(' ') { format!("'{s}'") } else { s })
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        model: path.display().to_string(),
-        model_sha256: model.base_sha256()?,
-        dataset,
-        dataset_format: format,
-        offset: a.offset,
-        n: records.len(),
-        method: String::new(),
-        hparams: serde_json::Value::Null,
-        eval_config: EvalConfig::default(),
-        seed: a.seed,
-        schedule: String::new(),
-        environment,
-    };
-    if !a.json {
-        eprintln!(
-            "evaluating {} on {} records of {} (pre-edit, edit, post-edit)",
-            eamet::evaluation::method_name(method),
-            records.len(),
-            a.dataset.display()
+    environment
+}
+
+/// The pre-edit results of the report in `dir` (`--pre-from`), refused unless its model,
+/// dataset slice, seed and metric settings match this run's.
+fn load_pre(dir: &Path, info: &RunInfo, plan: &EvalPlan) -> Result<Vec<RecordEval>> {
+    let f = dir.join("report.json");
+    let text = std::fs::read_to_string(&f)
+        .map_err(|e| anyhow::anyhow!("--pre-from {}: {e}", f.display()))?;
+    let old: Report = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("--pre-from {}: {e}", f.display()))?;
+    let i = &old.info;
+    let mut diffs = Vec::new();
+    if i.model_sha256 != info.model_sha256 {
+        diffs.push("model");
+    }
+    if i.dataset != info.dataset || i.offset != info.offset || i.n != info.n {
+        diffs.push("dataset slice");
+    }
+    if i.seed != info.seed {
+        diffs.push("seed");
+    }
+    let mut cmp = plan.eval.clone();
+    cmp.progress = false;
+    if i.eval_config != cmp {
+        diffs.push("metric settings");
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "--pre-from {}: its pre-edit results differ in {}",
+            f.display(),
+            diffs.join(", ")
         );
     }
-    let pre = match &a.pre_from {
-        None => None,
-        Some(dir) => {
-            let f = dir.join("report.json");
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| anyhow::anyhow!("--pre-from {}: {e}", f.display()))?;
-            let old: Report = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("--pre-from {}: {e}", f.display()))?;
-            let i = &old.info;
-            let mut diffs = Vec::new();
-            if i.model_sha256 != info.model_sha256 {
-                diffs.push("model");
-            }
-            if i.dataset != info.dataset || i.offset != info.offset || i.n != info.n {
-                diffs.push("dataset slice");
-            }
-            if i.seed != a.seed {
-                diffs.push("seed");
-            }
-            let mut cmp = plan.eval.clone();
-            cmp.progress = false;
-            if i.eval_config != cmp {
-                diffs.push("metric settings");
-            }
-            if !diffs.is_empty() {
-                bail!(
-                    "--pre-from {}: its pre-edit results differ in {}",
-                    f.display(),
-                    diffs.join(", ")
-                );
-            }
-            Some(old.records.into_iter().map(|(pre, _)| pre).collect())
-        }
-    };
-    let report = run_eval_with_pre(&mut model, &records, &plan, info, pre)?;
-    let written = report.write(&a.report)?;
-    if a.json {
+    Ok(old.records.into_iter().map(|(pre, _)| pre).collect())
+}
+
+/// Prints the summaries as JSON (`--json`) or the Markdown report and the files written.
+fn print_report(report: &Report, written: Vec<PathBuf>, json: bool) -> Result<()> {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({

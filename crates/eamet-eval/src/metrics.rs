@@ -644,6 +644,35 @@ pub fn evaluate<M: EditableLm + ?Sized>(
     cfg: &EvalConfig,
     pre: Option<&[RecordEval]>,
 ) -> Result<Vec<RecordEval>> {
+    let prefixed = check_inputs(records, prefixes, cfg, pre)?;
+    // 1. Collect every teacher-forced request and every generation prompt, remembering owners.
+    let sets = PromptSets::collect(records, prefixed, prefixes, cfg);
+    // 2. Run them, batched.
+    let scores = score_requests(model, &sets.requests, cfg)?;
+    let gens = lenient_generations(model, &sets.gen_prompts, cfg)?;
+    let fluency_gens = fluency_generations(model, &sets.fluency_prompts, cfg)?;
+    // 3. Distribute.
+    let outcomes = sets.distribute(scores, gens, fluency_gens);
+    // 4. Per-record metrics.
+    Ok(records
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .map(|(ri, (rec, outcome))| {
+            let pre_prompts = pre.map(|p| p[ri].prompts.as_slice());
+            record_eval(rec, outcome, cfg, pre_prompts)
+        })
+        .collect())
+}
+
+/// Checks `pre` against `records` and that every prefix length `cfg` asks for was cut; returns
+/// the prefixes of the "prefixed" prompts (none when `prefixed_len` is `None`).
+fn check_inputs<'a>(
+    records: &[EvalRecord],
+    prefixes: &'a ContextPrefixes,
+    cfg: &EvalConfig,
+    pre: Option<&[RecordEval]>,
+) -> Result<&'a [String]> {
     if let Some(p) = pre {
         if p.len() != records.len() {
             return Err(MetricsError::Input(format!(
@@ -666,331 +695,445 @@ pub fn evaluate<M: EditableLm + ?Sized>(
             )));
         }
     }
+    Ok(prefixed)
+}
 
-    // 1. Collect every teacher-forced request and every generation prompt, remembering owners.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Slot {
-        Expected(usize),
-        Competitor(usize),
-        Prefixed(usize, bool),
-        Robust(usize, usize),
-        NeighPrefixed(usize),
-    }
-    let mut reqs: Vec<ScoreRequest> = Vec::new();
-    let mut owners: Vec<(usize, Slot)> = Vec::new();
-    let mut results: Vec<Vec<PromptResult>> = Vec::with_capacity(records.len());
-    let mut gen_prompts: Vec<String> = Vec::new();
-    let mut gen_owner: Vec<(usize, usize)> = Vec::new();
-    let mut fluency_prompts: Vec<String> = Vec::new();
-    let mut fluency_owner: Vec<usize> = Vec::new();
-    let mut extra = vec![false; records.len()];
-    for i in extra_sample(records.len(), cfg.extra_sample, cfg.extra_seed) {
-        extra[i] = true;
-    }
-    for (ri, rec) in records.iter().enumerate() {
-        let rw = &rec.rewrite;
-        let edit_prompt = rw.prompt.replacen("{}", &rw.subject, 1);
-        let mut prompts = Vec::new();
-        let mut push = |kind: PromptKind,
-                        prompt: String,
-                        expected: Option<&str>,
-                        competitor: Option<&str>,
-                        prompts: &mut Vec<PromptResult>| {
-            let pi = prompts.len();
-            if let Some(t) = expected {
-                reqs.push(ScoreRequest {
-                    prompt: prompt.clone(),
-                    target: t.to_string(),
-                });
-                owners.push((ri, Slot::Expected(pi)));
-            }
-            if let Some(t) = competitor {
-                reqs.push(ScoreRequest {
-                    prompt: prompt.clone(),
-                    target: t.to_string(),
-                });
-                owners.push((ri, Slot::Competitor(pi)));
-            }
-            gen_prompts.push(prompt.clone());
-            gen_owner.push((ri, pi));
-            prompts.push(PromptResult {
-                kind,
-                prompt,
-                generation: String::new(),
-                generation_ids: None,
-                expected: None,
-                competitor: None,
-                kl: None,
-                drawdown: None,
-            });
+/// Which part of a record a teacher-forced request scores.
+#[derive(Clone, Copy, PartialEq)]
+enum Slot {
+    /// The expected object of the record's prompt at this index.
+    Expected(usize),
+    /// The competing object of the record's prompt at this index.
+    Competitor(usize),
+    /// A prefixed edit prompt.
+    Prefixed,
+    /// A prefixed neighbourhood prompt.
+    NeighPrefixed,
+    /// A robustness prompt, with the index of its prefix length.
+    Robust(usize),
+}
+
+/// One record's results as the model passes fill them in.
+struct RecordOutcome {
+    /// Every unprefixed prompt (the generation prompts last).
+    prompts: Vec<PromptResult>,
+    /// Exactness of each prefixed edit prompt.
+    prefixed_hits: Vec<bool>,
+    /// Exactness of each prefixed neighbourhood prompt.
+    neigh_prefixed_hits: Vec<bool>,
+    /// Exactness of each robustness prompt, by prefix length (as in `robustness_lens`).
+    robust_hits: Vec<Vec<bool>>,
+    /// The fluency generations.
+    fluency_texts: Vec<String>,
+}
+
+/// Every request and prompt of an evaluation, each with the record (and slot) it belongs to.
+struct PromptSets {
+    /// Teacher-forced requests, in the order they are scored.
+    requests: Vec<ScoreRequest>,
+    /// `(record, slot)` of each request.
+    owners: Vec<(usize, Slot)>,
+    /// Prompts continued for `lenient_tokens` tokens.
+    gen_prompts: Vec<String>,
+    /// `(record, prompt index)` of each of those.
+    gen_owner: Vec<(usize, usize)>,
+    /// Prompts continued for `fluency_tokens` tokens.
+    fluency_prompts: Vec<String>,
+    /// The record of each of those.
+    fluency_owner: Vec<usize>,
+    /// Per record, its prompts (scores and generations still empty).
+    outcomes: Vec<RecordOutcome>,
+}
+
+impl PromptSets {
+    /// Every request and prompt of `records`, record by record.
+    fn collect(
+        records: &[EvalRecord],
+        prefixed: &[String],
+        prefixes: &ContextPrefixes,
+        cfg: &EvalConfig,
+    ) -> Self {
+        let mut sets = PromptSets {
+            requests: Vec::new(),
+            owners: Vec::new(),
+            gen_prompts: Vec::new(),
+            gen_owner: Vec::new(),
+            fluency_prompts: Vec::new(),
+            fluency_owner: Vec::new(),
+            outcomes: Vec::with_capacity(records.len()),
         };
-        let new = Some(rw.target_new.as_str());
-        let truth = rw.target_true.as_deref();
-        push(
-            PromptKind::Rewrite,
-            edit_prompt.clone(),
-            new,
-            truth,
-            &mut prompts,
-        );
-        for p in &rec.paraphrase_prompts {
-            push(PromptKind::Paraphrase, p.clone(), new, truth, &mut prompts);
+        let mut extra = vec![false; records.len()];
+        for i in extra_sample(records.len(), cfg.extra_sample, cfg.extra_seed) {
+            extra[i] = true;
         }
-        for n in &rec.neighborhood {
-            push(
-                PromptKind::Neighbourhood,
-                n.prompt.clone(),
-                Some(n.target.as_str()),
-                new,
-                &mut prompts,
-            );
-        }
-        for l in &rec.locality {
-            push(
-                PromptKind::Locality,
-                format!("{}?", l.prompt),
-                Some(l.target.as_str()),
-                None,
-                &mut prompts,
-            );
-        }
-        for pre_text in prefixed {
-            reqs.push(ScoreRequest {
-                prompt: format!("{pre_text}{edit_prompt}"),
-                target: rw.target_new.clone(),
+        for (ri, rec) in records.iter().enumerate() {
+            let rw = &rec.rewrite;
+            let edit_prompt = rw.prompt.replacen("{}", &rw.subject, 1);
+            sets.outcomes.push(RecordOutcome {
+                prompts: Vec::new(),
+                prefixed_hits: Vec::new(),
+                neigh_prefixed_hits: Vec::new(),
+                robust_hits: vec![Vec::new(); cfg.robustness_lens.len()],
+                fluency_texts: Vec::new(),
             });
-            owners.push((ri, Slot::Prefixed(0, true)));
-            if cfg.prefixed_neighbourhood {
-                for (ni, n) in rec.neighborhood.iter().enumerate() {
-                    reqs.push(ScoreRequest {
-                        prompt: format!("{pre_text}{}", n.prompt),
-                        target: n.target.clone(),
-                    });
-                    owners.push((ri, Slot::NeighPrefixed(ni)));
+            sets.add_prompts(ri, rec, &edit_prompt);
+            sets.add_prefixed(ri, rec, &edit_prompt, prefixed, cfg.prefixed_neighbourhood);
+            if extra[ri] {
+                sets.add_robustness(ri, rec, &edit_prompt, prefixes, &cfg.robustness_lens);
+                if cfg.fluency_tokens > 0 {
+                    sets.add_fluency(ri, rec, cfg.fluency_prompts);
                 }
             }
         }
-        let robust_lens: &[usize] = if extra[ri] { &cfg.robustness_lens } else { &[] };
-        for (li, &n) in robust_lens.iter().enumerate() {
-            for pre_text in prefixes.of_len(n).unwrap_or(&[]) {
-                reqs.push(ScoreRequest {
-                    prompt: format!("{pre_text}{edit_prompt}"),
-                    target: rw.target_new.clone(),
-                });
-                owners.push((ri, Slot::Robust(li, 0)));
-            }
-        }
-        if cfg.fluency_tokens > 0 && extra[ri] {
-            for g in rec.generation_prompts.iter().take(cfg.fluency_prompts) {
-                fluency_prompts.push(g.clone());
-                fluency_owner.push(ri);
-            }
-        }
-        results.push(prompts);
+        sets
     }
 
-    // 2. Run them, batched.
-    let bar = |n: usize, what: &str| {
-        if !cfg.progress {
-            return indicatif::ProgressBar::hidden();
-        }
-        let b = indicatif::ProgressBar::new(n as u64);
-        if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{msg:>16} [{bar:30}] {pos}/{len} eta {eta}")
-        {
-            b.set_style(style.progress_chars("=> "));
-        }
-        b.set_message(what.to_string());
-        b
-    };
-    let b = bar(reqs.len(), "scored prompts");
-    let scores = teacher_forced_with(model, &reqs, cfg.batch_size, &b)?;
-    b.finish_and_clear();
-    let b = bar(gen_prompts.len(), "continuations");
-    let gens = greedy_with(model, &gen_prompts, cfg.lenient_tokens, cfg.batch_size, &b)?;
-    b.finish_and_clear();
-    let fl_gens = if fluency_prompts.is_empty() {
-        Vec::new()
-    } else {
-        let b = bar(fluency_prompts.len(), "fluency texts");
-        let g = greedy_with(
-            model,
-            &fluency_prompts,
-            cfg.fluency_tokens,
-            cfg.batch_size,
-            &b,
-        )?;
-        b.finish_and_clear();
-        g
-    };
-
-    // 3. Distribute.
-    let mut prefixed_hits: Vec<Vec<bool>> = vec![Vec::new(); records.len()];
-    let mut neigh_prefixed_hits: Vec<Vec<bool>> = vec![Vec::new(); records.len()];
-    let mut robust_hits: Vec<Vec<Vec<bool>>> =
-        vec![vec![Vec::new(); cfg.robustness_lens.len()]; records.len()];
-    for ((ri, slot), s) in owners.into_iter().zip(scores) {
-        match slot {
-            Slot::Expected(pi) => results[ri][pi].expected = Some(s),
-            Slot::Competitor(pi) => results[ri][pi].competitor = Some(s),
-            Slot::Prefixed(..) => prefixed_hits[ri].push(s.exact),
-            Slot::NeighPrefixed(_) => neigh_prefixed_hits[ri].push(s.exact),
-            Slot::Robust(li, _) => robust_hits[ri][li].push(s.exact),
-        }
-    }
-    for ((ri, pi), g) in gen_owner.into_iter().zip(gens) {
-        results[ri][pi].generation = g.text;
-        results[ri][pi].generation_ids = Some(g.ids);
-    }
-    let mut fluency_texts: Vec<Vec<String>> = vec![Vec::new(); records.len()];
-    for ((ri, g), prompt) in fluency_owner.into_iter().zip(fl_gens).zip(fluency_prompts) {
-        fluency_texts[ri].push(g.text.clone());
-        results[ri].push(PromptResult {
-            kind: PromptKind::Generation,
-            prompt,
-            generation: g.text,
-            generation_ids: Some(g.ids),
-            expected: None,
-            competitor: None,
-            kl: None,
-            drawdown: None,
-        });
-    }
-
-    // 4. Per-record metrics.
-    let mut out = Vec::with_capacity(records.len());
-    for (ri, (rec, prompts)) in records.iter().zip(results).enumerate() {
+    /// The record's unprefixed prompts: the edit prompt, paraphrases, neighbourhood and
+    /// locality prompts.
+    fn add_prompts(&mut self, ri: usize, rec: &EvalRecord, edit_prompt: &str) {
         let rw = &rec.rewrite;
-        let mut m = BTreeMap::new();
-        let mut put = |k: &str, v: Option<f64>| {
-            if let Some(v) = v {
-                m.insert(k.to_string(), v);
-            }
-        };
-        let of = |kind: PromptKind| prompts.iter().filter(move |p| p.kind == kind);
-        let strict = |kind| {
-            frac(
-                of(kind)
-                    .filter_map(|p| p.expected.as_ref())
-                    .map(|s| s.exact),
-            )
-        };
-        put("strict.efficacy", strict(PromptKind::Rewrite));
-        put("strict.generalization", strict(PromptKind::Paraphrase));
-        put("strict.specificity", strict(PromptKind::Neighbourhood));
-        put("strict.locality", strict(PromptKind::Locality));
-        put(
-            "locality.token_accuracy",
-            mean(
-                of(PromptKind::Locality)
-                    .filter_map(|p| p.expected.as_ref())
-                    .map(|s| s.argmax_hits as f64 / s.token_logprobs.len().max(1) as f64),
-            ),
-        );
-        put(
-            "strict.efficacy_prefixed",
-            frac(prefixed_hits[ri].iter().copied()),
-        );
-        put(
-            "strict.specificity_prefixed",
-            frac(neigh_prefixed_hits[ri].iter().copied()),
-        );
-        for (li, &n) in cfg.robustness_lens.iter().enumerate() {
-            put(
-                &robustness_metric(n),
-                frac(robust_hits[ri][li].iter().copied()),
-            );
+        let new = Some(rw.target_new.as_str());
+        let truth = rw.target_true.as_deref();
+        self.add_prompt(ri, PromptKind::Rewrite, edit_prompt.to_string(), new, truth);
+        for p in &rec.paraphrase_prompts {
+            self.add_prompt(ri, PromptKind::Paraphrase, p.clone(), new, truth);
         }
-        // Classic: expected wins iff its mean token NLL is lower (new ≤ true for rewrite and
-        // paraphrase, ties to the edit as the reference does; true < new for neighbourhood).
-        let pairs = |kind| {
-            of(kind).filter_map(|p| match (&p.expected, &p.competitor) {
-                (Some(e), Some(c)) => Some((e, c)),
-                _ => None,
-            })
-        };
-        put(
-            "classic.efficacy",
-            frac(pairs(PromptKind::Rewrite).map(|(e, c)| e.mean_nll() <= c.mean_nll())),
-        );
-        put(
-            "classic.generalization",
-            frac(pairs(PromptKind::Paraphrase).map(|(e, c)| e.mean_nll() <= c.mean_nll())),
-        );
-        put(
-            "classic.specificity",
-            frac(pairs(PromptKind::Neighbourhood).map(|(e, c)| e.mean_nll() < c.mean_nll())),
-        );
-        put(
-            "classic.efficacy_magnitude",
-            mean(pairs(PromptKind::Rewrite).map(|(e, c)| e.prob() - c.prob())),
-        );
-        put(
-            "classic.generalization_magnitude",
-            mean(pairs(PromptKind::Paraphrase).map(|(e, c)| e.prob() - c.prob())),
-        );
-        put(
-            "classic.specificity_magnitude",
-            mean(pairs(PromptKind::Neighbourhood).map(|(e, c)| e.prob() - c.prob())),
-        );
-        let wm = WordMatch {
-            case_sensitive: !cfg.lenient_case_insensitive,
-        };
-        let lenient = |kind: PromptKind, target: &dyn Fn(usize) -> String| {
-            frac(
-                of(kind)
-                    .enumerate()
-                    .map(|(k, p)| contains_word_with(&p.generation, &target(k), wm)),
-            )
-        };
-        let new = rw.target_new.clone();
-        put(
-            "lenient.efficacy",
-            lenient(PromptKind::Rewrite, &|_| new.clone()),
-        );
-        put(
-            "lenient.generalization",
-            lenient(PromptKind::Paraphrase, &|_| new.clone()),
-        );
-        put(
-            "lenient.specificity",
-            lenient(PromptKind::Neighbourhood, &|k| {
-                rec.neighborhood[k].target.clone()
-            }),
-        );
-        if let Some(pre) = pre {
-            let before = pre[ri]
-                .prompts
-                .iter()
-                .filter(|p| p.kind == PromptKind::Neighbourhood);
-            put(
-                "neighbourhood.unchanged",
-                frac(
-                    of(PromptKind::Neighbourhood)
-                        .zip(before)
-                        .map(|(a, b)| a.generation == b.generation),
-                ),
-            );
+        for n in &rec.neighborhood {
+            let kind = PromptKind::Neighbourhood;
+            self.add_prompt(ri, kind, n.prompt.clone(), Some(n.target.as_str()), new);
         }
-        put(
-            "nll.new",
-            of(PromptKind::Rewrite)
-                .next()
-                .and_then(|p| p.expected.as_ref())
-                .map(TargetScore::mean_nll),
-        );
-        put(
-            "fluency",
-            mean(fluency_texts[ri].iter().map(|t| fluency(t))),
-        );
-        out.push(RecordEval {
-            case_id: rw.case_id.clone(),
-            subject: rw.subject.clone(),
-            metrics: m,
-            prompts,
-        });
+        for l in &rec.locality {
+            let (prompt, target) = (format!("{}?", l.prompt), Some(l.target.as_str()));
+            self.add_prompt(ri, PromptKind::Locality, prompt, target, None);
+        }
     }
-    Ok(out)
+
+    /// One unprefixed prompt: scored against `expected` and `competitor` (when given), and
+    /// continued greedily.
+    fn add_prompt(
+        &mut self,
+        ri: usize,
+        kind: PromptKind,
+        prompt: String,
+        expected: Option<&str>,
+        competitor: Option<&str>,
+    ) {
+        let pi = self.outcomes[ri].prompts.len();
+        if let Some(t) = expected {
+            self.add_request(ri, Slot::Expected(pi), prompt.clone(), t.to_string());
+        }
+        if let Some(t) = competitor {
+            self.add_request(ri, Slot::Competitor(pi), prompt.clone(), t.to_string());
+        }
+        self.gen_prompts.push(prompt.clone());
+        self.gen_owner.push((ri, pi));
+        self.outcomes[ri]
+            .prompts
+            .push(prompt_result(kind, prompt, String::new(), None));
+    }
+
+    /// The prefixed edit prompts and, when asked, the prefixed neighbourhood prompts.
+    fn add_prefixed(
+        &mut self,
+        ri: usize,
+        rec: &EvalRecord,
+        edit_prompt: &str,
+        prefixed: &[String],
+        neighbourhood: bool,
+    ) {
+        for pre_text in prefixed {
+            let prompt = format!("{pre_text}{edit_prompt}");
+            self.add_request(ri, Slot::Prefixed, prompt, rec.rewrite.target_new.clone());
+            if neighbourhood {
+                for n in &rec.neighborhood {
+                    let prompt = format!("{pre_text}{}", n.prompt);
+                    self.add_request(ri, Slot::NeighPrefixed, prompt, n.target.clone());
+                }
+            }
+        }
+    }
+
+    /// The robustness prompts: the edit prompt after every prefix of each length in `lens`.
+    fn add_robustness(
+        &mut self,
+        ri: usize,
+        rec: &EvalRecord,
+        edit_prompt: &str,
+        prefixes: &ContextPrefixes,
+        lens: &[usize],
+    ) {
+        for (li, &n) in lens.iter().enumerate() {
+            for pre_text in prefixes.of_len(n).unwrap_or(&[]) {
+                let prompt = format!("{pre_text}{edit_prompt}");
+                self.add_request(ri, Slot::Robust(li), prompt, rec.rewrite.target_new.clone());
+            }
+        }
+    }
+
+    /// The record's first `count` generation prompts, for fluency.
+    fn add_fluency(&mut self, ri: usize, rec: &EvalRecord, count: usize) {
+        for g in rec.generation_prompts.iter().take(count) {
+            self.fluency_prompts.push(g.clone());
+            self.fluency_owner.push(ri);
+        }
+    }
+
+    /// One teacher-forced request.
+    fn add_request(&mut self, ri: usize, slot: Slot, prompt: String, target: String) {
+        self.requests.push(ScoreRequest { prompt, target });
+        self.owners.push((ri, slot));
+    }
+
+    /// Hands the scores and generations (in the order of the requests and prompts) to the
+    /// records they belong to.
+    fn distribute(
+        self,
+        scores: Vec<TargetScore>,
+        gens: Vec<Continuation>,
+        fluency_gens: Vec<Continuation>,
+    ) -> Vec<RecordOutcome> {
+        let mut outcomes = self.outcomes;
+        for ((ri, slot), s) in self.owners.into_iter().zip(scores) {
+            let o = &mut outcomes[ri];
+            match slot {
+                Slot::Expected(pi) => o.prompts[pi].expected = Some(s),
+                Slot::Competitor(pi) => o.prompts[pi].competitor = Some(s),
+                Slot::Prefixed => o.prefixed_hits.push(s.exact),
+                Slot::NeighPrefixed => o.neigh_prefixed_hits.push(s.exact),
+                Slot::Robust(li) => o.robust_hits[li].push(s.exact),
+            }
+        }
+        for ((ri, pi), g) in self.gen_owner.into_iter().zip(gens) {
+            let p = &mut outcomes[ri].prompts[pi];
+            p.generation = g.text;
+            p.generation_ids = Some(g.ids);
+        }
+        let fluency = self.fluency_owner.into_iter().zip(fluency_gens);
+        for ((ri, g), prompt) in fluency.zip(self.fluency_prompts) {
+            let o = &mut outcomes[ri];
+            o.fluency_texts.push(g.text.clone());
+            let kind = PromptKind::Generation;
+            o.prompts
+                .push(prompt_result(kind, prompt, g.text, Some(g.ids)));
+        }
+        outcomes
+    }
+}
+
+/// A prompt's result before scoring: its kind, text and (for fluency prompts) generation.
+fn prompt_result(
+    kind: PromptKind,
+    prompt: String,
+    generation: String,
+    generation_ids: Option<Vec<u32>>,
+) -> PromptResult {
+    PromptResult {
+        kind,
+        prompt,
+        generation,
+        generation_ids,
+        expected: None,
+        competitor: None,
+        kl: None,
+        drawdown: None,
+    }
+}
+
+/// A progress bar of `n` steps labelled `what` (hidden unless `cfg.progress`).
+fn progress_bar(cfg: &EvalConfig, n: usize, what: &str) -> indicatif::ProgressBar {
+    if !cfg.progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(n as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>16} [{bar:30}] {pos}/{len} eta {eta}")
+    {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_message(what.to_string());
+    b
+}
+
+/// The teacher-forced scores of every request (classic and strict metrics).
+fn score_requests<M: EditableLm + ?Sized>(
+    model: &M,
+    requests: &[ScoreRequest],
+    cfg: &EvalConfig,
+) -> Result<Vec<TargetScore>> {
+    let b = progress_bar(cfg, requests.len(), "scored prompts");
+    let scores = teacher_forced_with(model, requests, cfg.batch_size, &b)?;
+    b.finish_and_clear();
+    Ok(scores)
+}
+
+/// Greedy continuations of `lenient_tokens` tokens (lenient metrics, raw generations).
+fn lenient_generations<M: EditableLm + ?Sized>(
+    model: &M,
+    prompts: &[String],
+    cfg: &EvalConfig,
+) -> Result<Vec<Continuation>> {
+    let b = progress_bar(cfg, prompts.len(), "continuations");
+    let gens = greedy_with(model, prompts, cfg.lenient_tokens, cfg.batch_size, &b)?;
+    b.finish_and_clear();
+    Ok(gens)
+}
+
+/// Greedy continuations of `fluency_tokens` tokens of the generation prompts (none, and no
+/// progress bar, when there are no prompts).
+fn fluency_generations<M: EditableLm + ?Sized>(
+    model: &M,
+    prompts: &[String],
+    cfg: &EvalConfig,
+) -> Result<Vec<Continuation>> {
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let b = progress_bar(cfg, prompts.len(), "fluency texts");
+    let gens = greedy_with(model, prompts, cfg.fluency_tokens, cfg.batch_size, &b)?;
+    b.finish_and_clear();
+    Ok(gens)
+}
+
+/// One record's metrics from its outcome; `pre` holds its prompts on the unedited model.
+fn record_eval(
+    rec: &EvalRecord,
+    outcome: RecordOutcome,
+    cfg: &EvalConfig,
+    pre: Option<&[PromptResult]>,
+) -> RecordEval {
+    let prompts = &outcome.prompts;
+    let mut m = BTreeMap::new();
+    strict_metrics(&mut m, &outcome, cfg);
+    classic_metrics(&mut m, prompts);
+    lenient_metrics(&mut m, rec, prompts, cfg);
+    if let Some(pre) = pre {
+        let before = of_kind(pre, PromptKind::Neighbourhood);
+        let same = of_kind(prompts, PromptKind::Neighbourhood)
+            .zip(before)
+            .map(|(a, b)| a.generation == b.generation);
+        put(&mut m, "neighbourhood.unchanged", frac(same));
+    }
+    let edit = of_kind(prompts, PromptKind::Rewrite).next();
+    let nll = edit
+        .and_then(|p| p.expected.as_ref())
+        .map(TargetScore::mean_nll);
+    put(&mut m, "nll.new", nll);
+    let texts = outcome.fluency_texts.iter();
+    put(&mut m, "fluency", mean(texts.map(|t| fluency(t))));
+    RecordEval {
+        case_id: rec.rewrite.case_id.clone(),
+        subject: rec.rewrite.subject.clone(),
+        metrics: m,
+        prompts: outcome.prompts,
+    }
+}
+
+/// Sets metric `k` when it has a value.
+fn put(m: &mut BTreeMap<String, f64>, k: &str, v: Option<f64>) {
+    if let Some(v) = v {
+        m.insert(k.to_string(), v);
+    }
+}
+
+/// The prompts of one kind.
+fn of_kind(prompts: &[PromptResult], kind: PromptKind) -> impl Iterator<Item = &PromptResult> {
+    prompts.iter().filter(move |p| p.kind == kind)
+}
+
+/// The strict metrics: exactness of the unprefixed, prefixed and robustness prompts, and the
+/// locality token accuracy.
+fn strict_metrics(m: &mut BTreeMap<String, f64>, outcome: &RecordOutcome, cfg: &EvalConfig) {
+    let prompts = &outcome.prompts;
+    let strict = |kind| {
+        frac(
+            of_kind(prompts, kind)
+                .filter_map(|p| p.expected.as_ref())
+                .map(|s| s.exact),
+        )
+    };
+    put(m, "strict.efficacy", strict(PromptKind::Rewrite));
+    put(m, "strict.generalization", strict(PromptKind::Paraphrase));
+    put(m, "strict.specificity", strict(PromptKind::Neighbourhood));
+    put(m, "strict.locality", strict(PromptKind::Locality));
+    let token_accuracy = of_kind(prompts, PromptKind::Locality)
+        .filter_map(|p| p.expected.as_ref())
+        .map(|s| s.argmax_hits as f64 / s.token_logprobs.len().max(1) as f64);
+    put(m, "locality.token_accuracy", mean(token_accuracy));
+    let prefixed = frac(outcome.prefixed_hits.iter().copied());
+    put(m, "strict.efficacy_prefixed", prefixed);
+    let neigh_prefixed = frac(outcome.neigh_prefixed_hits.iter().copied());
+    put(m, "strict.specificity_prefixed", neigh_prefixed);
+    for (li, &n) in cfg.robustness_lens.iter().enumerate() {
+        let hits = frac(outcome.robust_hits[li].iter().copied());
+        put(m, &robustness_metric(n), hits);
+    }
+}
+
+/// The classic metrics. Expected wins iff its mean token NLL is lower (new ≤ true for rewrite
+/// and paraphrase, ties to the edit as the reference does; true < new for neighbourhood).
+fn classic_metrics(m: &mut BTreeMap<String, f64>, prompts: &[PromptResult]) {
+    use PromptKind::{Neighbourhood, Paraphrase, Rewrite};
+    let pairs = |kind| {
+        of_kind(prompts, kind).filter_map(|p| match (&p.expected, &p.competitor) {
+            (Some(e), Some(c)) => Some((e, c)),
+            _ => None,
+        })
+    };
+    let new_wins = |(e, c): (&TargetScore, &TargetScore)| e.mean_nll() <= c.mean_nll();
+    let true_wins = |(e, c): (&TargetScore, &TargetScore)| e.mean_nll() < c.mean_nll();
+    let magnitude = |kind| mean(pairs(kind).map(|(e, c)| e.prob() - c.prob()));
+    put(m, "classic.efficacy", frac(pairs(Rewrite).map(new_wins)));
+    put(
+        m,
+        "classic.generalization",
+        frac(pairs(Paraphrase).map(new_wins)),
+    );
+    put(
+        m,
+        "classic.specificity",
+        frac(pairs(Neighbourhood).map(true_wins)),
+    );
+    put(m, "classic.efficacy_magnitude", magnitude(Rewrite));
+    put(m, "classic.generalization_magnitude", magnitude(Paraphrase));
+    put(m, "classic.specificity_magnitude", magnitude(Neighbourhood));
+}
+
+/// The lenient metrics: the greedy continuation contains the expected object at a word
+/// boundary.
+fn lenient_metrics(
+    m: &mut BTreeMap<String, f64>,
+    rec: &EvalRecord,
+    prompts: &[PromptResult],
+    cfg: &EvalConfig,
+) {
+    let wm = WordMatch {
+        case_sensitive: !cfg.lenient_case_insensitive,
+    };
+    let lenient = |kind: PromptKind, target: &dyn Fn(usize) -> String| {
+        frac(
+            of_kind(prompts, kind)
+                .enumerate()
+                .map(|(k, p)| contains_word_with(&p.generation, &target(k), wm)),
+        )
+    };
+    let new = rec.rewrite.target_new.clone();
+    put(
+        m,
+        "lenient.efficacy",
+        lenient(PromptKind::Rewrite, &|_| new.clone()),
+    );
+    put(
+        m,
+        "lenient.generalization",
+        lenient(PromptKind::Paraphrase, &|_| new.clone()),
+    );
+    put(
+        m,
+        "lenient.specificity",
+        lenient(PromptKind::Neighbourhood, &|k| {
+            rec.neighborhood[k].target.clone()
+        }),
+    );
 }
 
 /// Mean of each metric over the records that have it (records without paraphrases do not
