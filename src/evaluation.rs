@@ -286,15 +286,9 @@ impl PreCacheKey {
 fn check_drift_pairs(pre: &[RecordEval], records: &[EvalRecord]) -> Result<(), Error> {
     use eamet_eval::metrics::PromptKind;
     for (i, (e, r)) in pre.iter().zip(records).enumerate() {
-        let want = r
-            .neighborhood
-            .iter()
-            .map(|n| (PromptKind::Neighbourhood, n.prompt.clone()))
-            .chain(
-                r.locality
-                    .iter()
-                    .map(|l| (PromptKind::Locality, format!("{}?", l.prompt))),
-            );
+        let want = eamet_eval::metrics::unrelated_prompts(r)
+            .into_iter()
+            .map(|(kind, prompt, _)| (kind, prompt));
         let have = e
             .prompts
             .iter()

@@ -290,6 +290,28 @@ fn greedy_with<M: EditableLm + ?Sized>(
     Ok(out.into_iter().flatten().collect())
 }
 
+/// The prompts of a record that an edit should leave alone, exactly as [`evaluate`] asks them
+/// and lists them in [`RecordEval::prompts`]: each neighbourhood prompt (expected answer: the
+/// true object) and each locality question (its prompt followed by `?`; expected: its answer),
+/// in that order. Used to pair two evaluations of the same records prompt by prompt.
+pub fn unrelated_prompts(rec: &EvalRecord) -> Vec<(PromptKind, String, &str)> {
+    let neighbourhood = rec.neighborhood.iter().map(|n| {
+        (
+            PromptKind::Neighbourhood,
+            n.prompt.clone(),
+            n.target.as_str(),
+        )
+    });
+    let locality = rec.locality.iter().map(|l| {
+        (
+            PromptKind::Locality,
+            format!("{}?", l.prompt),
+            l.target.as_str(),
+        )
+    });
+    neighbourhood.chain(locality).collect()
+}
+
 /// Context prefixes for the prefixed and robustness prompts: for each length `n`, `count`
 /// texts of `n` tokens cut from a corpus at word starts, chosen by a seeded generator (the same
 /// corpus, seed and model give the same prefixes). Each ends with `". "`, as the reference's
@@ -798,13 +820,10 @@ impl PromptSets {
         for p in &rec.paraphrase_prompts {
             self.add_prompt(ri, PromptKind::Paraphrase, p.clone(), new, truth);
         }
-        for n in &rec.neighborhood {
-            let kind = PromptKind::Neighbourhood;
-            self.add_prompt(ri, kind, n.prompt.clone(), Some(n.target.as_str()), new);
-        }
-        for l in &rec.locality {
-            let (prompt, target) = (format!("{}?", l.prompt), Some(l.target.as_str()));
-            self.add_prompt(ri, PromptKind::Locality, prompt, target, None);
+        for (kind, prompt, expected) in unrelated_prompts(rec) {
+            // A neighbourhood prompt competes with the new object; a locality question does not.
+            let competitor = new.filter(|_| kind == PromptKind::Neighbourhood);
+            self.add_prompt(ri, kind, prompt, Some(expected), competitor);
         }
     }
 
