@@ -20,7 +20,12 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
+/// One example at a time: two libtorch processes on a small machine slow each other down
+/// several times over (their OpenMP threads spin against each other).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(name: &str, args: &[&str]) -> String {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(example(name))
         .args(args)
         .output()

@@ -20,7 +20,7 @@ impl TempOutput {
     /// file system). Nothing is created yet.
     ///
     /// # Errors
-    /// [`ModelError::Input`] if `out` has no file name.
+    /// [`ModelError::Request`] if `out` has no file name.
     pub fn beside(out: &Path) -> Result<Self> {
         let name = out.file_name().ok_or_else(|| {
             ModelError::Request(format!("{}: not a file or directory path", out.display()))

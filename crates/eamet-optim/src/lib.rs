@@ -26,7 +26,7 @@
 //! its `Editor`):
 //!
 //! ```no_run
-//! use eamet_hooks::{tch::Device, LlamaModel};
+//! use eamet_hooks::{tch::Device, EditableLm, LlamaModel};
 //! use eamet_optim::{compute_keys, optimize_residuals, prepare_facts, ContextPrefixes, Fact};
 //! use eamet_optim::{PrefixSpec, ResidualHparams, RunOptions, Schedule};
 //!
