@@ -2,19 +2,51 @@
 //! header or a Hugging Face `config.json`.
 
 use crate::error::{ModelError, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, MetaValue};
 use serde::{Deserialize, Serialize};
 
 /// Architecture family. The Llama family (Llama 2, Mistral, Qwen2/2.5, DeepSeek-LLM, SmolLM2)
 /// shares one implementation: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP.
+/// Gemma 3 runs on the same code with the per-architecture switches of [`ModelConfig`] turned on
+/// (q/k norms, post-attention and post-MLP norms, GeGLU, scaled embedding, sliding-window
+/// layers with their own rotary base).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// Llama-style decoder (no attention biases unless `qkv_bias`).
     Llama,
+    /// Gemma 3 text decoder (GGUF architecture `gemma3`).
+    Gemma3,
 }
 
-/// Hyperparameters of a Llama-family model.
+/// The GGUF architectures [`ModelConfig::from_gguf`] reads.
+pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "gemma3"];
+
+/// The `config.json` model types [`ModelConfig::from_hf_json`] reads.
+pub const SUPPORTED_HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+
+/// The gate nonlinearity of the gated MLP (`key = act(x·W_gate) ⊙ (x·W_up)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// SiLU (SwiGLU; the Llama family).
+    #[default]
+    Silu,
+    /// GELU with the tanh approximation (GeGLU; Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+impl Activation {
+    fn is_silu(&self) -> bool {
+        *self == Activation::Silu
+    }
+}
+
+/// Hyperparameters of a supported decoder (Llama family or Gemma 3).
+///
+/// The fields after `qkv_bias` switch on Gemma 3's departures from Llama; their defaults (and
+/// every Llama-family loader) leave them off, and they are not serialized when off, so a Llama
+/// configuration reads and writes exactly as before they existed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Architecture family.
@@ -45,6 +77,82 @@ pub struct ModelConfig {
     pub tied_embeddings: bool,
     /// Biases on the q, k, v projections (Qwen2).
     pub qkv_bias: bool,
+    /// Gate nonlinearity of the MLP.
+    #[serde(default, skip_serializing_if = "Activation::is_silu")]
+    pub activation: Activation,
+    /// Factor on the looked-up token embeddings (Gemma: `sqrt(d_model)`, applied in f32); the
+    /// tied LM head uses the unscaled matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_scale: Option<f64>,
+    /// Scale of the attention scores; `None` is `1/sqrt(head_dim)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_scale: Option<f64>,
+    /// RMSNorm over each head's queries and keys (weights shared by the heads), before the
+    /// rotary embedding.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm: bool,
+    /// RMSNorm on the attention output and on the MLP output before each is added to the
+    /// residual stream (Gemma's post-attention and post-feed-forward norms).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sandwich_norms: bool,
+    /// Width of the local attention window in token positions: a query at position `i` sees
+    /// keys at positions `j` with `i - j < window`, on the layers that [`sliding_layers`]
+    /// marks.
+    ///
+    /// [`sliding_layers`]: ModelConfig::sliding_layers
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Which layers use the sliding window (and [`rope_theta_local`]); empty: none.
+    ///
+    /// [`rope_theta_local`]: ModelConfig::rope_theta_local
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sliding_layers: Vec<bool>,
+    /// Rotary base of the sliding-window layers (`None`: [`rope_theta`](ModelConfig::rope_theta)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta_local: Option<f64>,
+    /// `c·tanh(logits / c)` on the LM head's output when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcap: Option<f64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A GGUF `…sliding_window_pattern` value: a period `n` (layer `l` slides iff `l % n < n - 1`)
+/// or one boolean per layer.
+fn sliding_pattern(v: Option<&MetaValue>, n_layers: usize) -> Result<Vec<bool>> {
+    let bad = |m: String| Err(ModelError::Config(m));
+    match v {
+        None => Ok((0..n_layers).map(|l| l % 6 < 5).collect()),
+        Some(MetaValue::Array(items)) => {
+            if items.len() != n_layers {
+                return bad(format!(
+                    "attention.sliding_window_pattern has {} entries for {n_layers} layers",
+                    items.len()
+                ));
+            }
+            items
+                .iter()
+                .map(|x| match x {
+                    MetaValue::Bool(b) => Ok(*b),
+                    other => Err(ModelError::Config(format!(
+                        "attention.sliding_window_pattern holds {}, expected bool",
+                        other.type_name()
+                    ))),
+                })
+                .collect()
+        }
+        Some(x) => match x.as_u64() {
+            Some(n) if n > 0 => {
+                let n = n as usize;
+                Ok((0..n_layers).map(|l| l % n < n - 1).collect())
+            }
+            _ => bad(format!(
+                "attention.sliding_window_pattern is {x:?}, expected a positive period or bools"
+            )),
+        },
+    }
 }
 
 impl ModelConfig {
@@ -75,21 +183,59 @@ impl ModelConfig {
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return bad(format!("rope_theta {} must be positive", self.rope_theta));
         }
+        let positive = |x: Option<f64>| x.is_none_or(|v| v > 0.0 && v.is_finite());
+        for (name, v) in [
+            ("embed_scale", self.embed_scale),
+            ("attn_scale", self.attn_scale),
+            ("rope_theta_local", self.rope_theta_local),
+            ("final_logit_softcap", self.final_logit_softcap),
+        ] {
+            if !positive(v) {
+                return bad(format!("{name} {v:?} must be positive and finite"));
+            }
+        }
+        if !self.sliding_layers.is_empty() && self.sliding_layers.len() != self.n_layers {
+            return bad(format!(
+                "sliding_layers has {} entries for {} layers",
+                self.sliding_layers.len(),
+                self.n_layers
+            ));
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window must be positive".into());
+        }
+        if self.sliding_layers.iter().any(|&s| s) && self.sliding_window.is_none() {
+            return bad("sliding layers are marked but no sliding_window is set".into());
+        }
         Ok(())
     }
 
-    /// Read from a GGUF header (`llama` and `qwen2` architectures).
+    /// Whether layer `layer` attends within [`sliding_window`](ModelConfig::sliding_window).
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window.is_some() && self.sliding_layers.get(layer).copied().unwrap_or(false)
+    }
+
+    /// Read from a GGUF header (architectures in [`SUPPORTED_GGUF_ARCHITECTURES`]).
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedArchitecture`] for any other architecture; a GGUF error or
+    /// [`ModelError::Config`] for a missing or inconsistent hyperparameter.
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let arch = f.architecture()?.to_string();
         let qkv_bias = match arch.as_str() {
-            "llama" | "mistral" => false,
+            "llama" | "mistral" | "gemma3" => false,
             "qwen2" => true,
             other => {
-                return Err(ModelError::Config(format!(
-                "GGUF architecture {other:?} is not supported (supported: llama, mistral, qwen2)"
-            )))
+                return Err(ModelError::UnsupportedArchitecture {
+                    name: other.to_string(),
+                    format: "GGUF",
+                    supported: SUPPORTED_GGUF_ARCHITECTURES.join(", "),
+                })
             }
         };
+        if arch == "gemma3" {
+            return Self::gemma3_from_gguf(f, &arch);
+        }
         let u = |k: &str| -> Result<usize> { Ok(f.arch_u64(k)? as usize) };
         let d_model = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
@@ -123,16 +269,130 @@ impl ModelConfig {
             max_positions: u("context_length").unwrap_or(0),
             tied_embeddings: f.tensor("output.weight").is_none(),
             qkv_bias,
+            ..Self::llama_defaults()
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Read a Hugging Face `config.json` (model types `llama`, `mistral`, `qwen2`).
+    /// The Gemma 3 switches off (what every Llama-family loader starts from).
+    fn llama_defaults() -> Self {
+        ModelConfig {
+            family: Family::Llama,
+            arch_name: String::new(),
+            vocab_size: 0,
+            d_model: 0,
+            d_ff: 0,
+            n_layers: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            head_dim: 0,
+            rms_eps: 0.0,
+            rope_theta: 0.0,
+            max_positions: 0,
+            tied_embeddings: false,
+            qkv_bias: false,
+            activation: Activation::Silu,
+            embed_scale: None,
+            attn_scale: None,
+            qk_norm: false,
+            sandwich_norms: false,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
+            rope_theta_local: None,
+            final_logit_softcap: None,
+        }
+    }
+
+    /// Gemma 3 (text decoder) from a GGUF header; see `docs/design/gemma3.md` §2.1.
+    fn gemma3_from_gguf(f: &GgufFile, arch: &str) -> Result<Self> {
+        let u = |k: &str| -> Result<usize> { Ok(f.arch_u64(k)? as usize) };
+        let key = |k: &str| format!("{arch}.{k}");
+        let d_model = u("embedding_length")?;
+        let n_heads = u("attention.head_count")?;
+        let n_layers = u("block_count")?;
+        // Gemma's head width is not d_model / heads (640 / 4 = 160 for 270M, but 256 in use).
+        let head_dim = u("attention.key_length")?;
+        if let Ok(v) = u("attention.value_length") {
+            if v != head_dim {
+                return Err(ModelError::Config(format!(
+                    "attention.value_length {v} differs from key_length {head_dim}"
+                )));
+            }
+        }
+        if let Some(kind) = f.get(&key("rope.scaling.type")) {
+            let kind = kind.as_str().unwrap_or("(not a string)");
+            if kind != "none" {
+                return Err(ModelError::Config(format!(
+                    "{arch}: rope scaling {kind:?} is not supported (plain rotary embeddings only)"
+                )));
+            }
+        }
+        let vocab_size = match f.get("tokenizer.ggml.tokens") {
+            Some(MetaValue::Array(v)) => v.len(),
+            _ => f
+                .tensor("token_embd.weight")
+                .and_then(|t| t.dims.get(1).copied())
+                .unwrap_or(0) as usize,
+        };
+        let softcap = match f.get(&key("final_logit_softcapping")) {
+            None => None,
+            Some(v) => Some(v.as_f64().ok_or_else(|| {
+                ModelError::Config(format!(
+                    "{arch}.final_logit_softcapping is {}, expected a number",
+                    v.type_name()
+                ))
+            })?),
+        };
+        // llama.cpp's one exception (Gemma 3 27B, 62 layers) scales by d_model / heads.
+        let scale_dim = if n_layers == 62 && n_heads > 0 {
+            d_model / n_heads
+        } else {
+            head_dim
+        };
+        let cfg = ModelConfig {
+            family: Family::Gemma3,
+            arch_name: arch.to_string(),
+            vocab_size,
+            d_model,
+            d_ff: u("feed_forward_length")?,
+            n_layers,
+            n_heads,
+            n_kv_heads: u("attention.head_count_kv").unwrap_or(n_heads),
+            head_dim,
+            rms_eps: f.metadata_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: f
+                .metadata_f64(&key("rope.freq_base"))
+                .unwrap_or(1_000_000.0),
+            max_positions: u("context_length").unwrap_or(0),
+            tied_embeddings: f.tensor("output.weight").is_none(),
+            qkv_bias: false,
+            activation: Activation::GeluTanh,
+            embed_scale: Some((d_model as f64).sqrt()),
+            attn_scale: (scale_dim > 0).then(|| 1.0 / (scale_dim as f64).sqrt()),
+            qk_norm: true,
+            sandwich_norms: true,
+            sliding_window: Some(u("attention.sliding_window")?),
+            sliding_layers: sliding_pattern(
+                f.get(&key("attention.sliding_window_pattern")),
+                n_layers,
+            )?,
+            // Not stored in the file: llama.cpp and transformers both fix it at 10,000.
+            rope_theta_local: Some(10_000.0),
+            final_logit_softcap: softcap,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read a Hugging Face `config.json` (model types in [`SUPPORTED_HF_MODEL_TYPES`]).
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedArchitecture`] for any other model type (Gemma 3 loads from
+    /// GGUF only for now); [`ModelError::Config`] for malformed or unsupported settings.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         #[derive(Deserialize)]
         struct Hf {
-            model_type: Option<String>,
             vocab_size: usize,
             hidden_size: usize,
             intermediate_size: usize,
@@ -150,16 +410,32 @@ impl ModelConfig {
             rope_parameters: Option<serde_json::Value>,
             hidden_act: Option<String>,
         }
-        let hf: Hf = serde_json::from_str(text)
+        let raw: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
-        let model_type = hf.model_type.unwrap_or_default();
+        // The model type first: another architecture's config has other fields.
+        let model_type = raw
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if !SUPPORTED_HF_MODEL_TYPES.contains(&model_type.as_str()) {
+            return Err(ModelError::UnsupportedArchitecture {
+                name: model_type,
+                format: "config.json",
+                supported: SUPPORTED_HF_MODEL_TYPES.join(", "),
+            });
+        }
+        let hf: Hf = serde_json::from_value(raw)
+            .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         let qkv_bias = match model_type.as_str() {
             "llama" | "mistral" => hf.attention_bias.unwrap_or(false),
             "qwen2" => true,
             other => {
-                return Err(ModelError::Config(format!(
-                    "config.json model_type {other:?} is not supported (supported: llama, mistral, qwen2)"
-                )))
+                return Err(ModelError::UnsupportedArchitecture {
+                    name: other.to_string(),
+                    format: "config.json",
+                    supported: SUPPORTED_HF_MODEL_TYPES.join(", "),
+                })
             }
         };
         let mut rope_theta = hf.rope_theta;
@@ -205,8 +481,146 @@ impl ModelConfig {
             max_positions: hf.max_position_embeddings.unwrap_or(0),
             tied_embeddings: hf.tie_word_embeddings.unwrap_or(false),
             qkv_bias,
+            ..Self::llama_defaults()
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::header_only;
+
+    fn s(v: &str) -> MetaValue {
+        MetaValue::String(v.into())
+    }
+
+    /// A small Gemma 3 header: 7 layers, d_model 64, 4 heads of 32 (not 64 / 4 = 16).
+    fn gemma3(extra: &[(&str, MetaValue)], skip: &str) -> Vec<(String, MetaValue)> {
+        let mut kv: Vec<(String, MetaValue)> = vec![
+            ("general.architecture".into(), s("gemma3")),
+            ("gemma3.embedding_length".into(), MetaValue::U32(64)),
+            ("gemma3.feed_forward_length".into(), MetaValue::U32(128)),
+            ("gemma3.block_count".into(), MetaValue::U32(7)),
+            ("gemma3.attention.head_count".into(), MetaValue::U32(4)),
+            ("gemma3.attention.head_count_kv".into(), MetaValue::U32(1)),
+            ("gemma3.attention.key_length".into(), MetaValue::U32(32)),
+            ("gemma3.attention.value_length".into(), MetaValue::U32(32)),
+            (
+                "gemma3.attention.layer_norm_rms_epsilon".into(),
+                MetaValue::F32(1e-6),
+            ),
+            ("gemma3.rope.freq_base".into(), MetaValue::F32(1e6)),
+            ("gemma3.attention.sliding_window".into(), MetaValue::U32(16)),
+            ("gemma3.context_length".into(), MetaValue::U32(256)),
+            (
+                "tokenizer.ggml.tokens".into(),
+                MetaValue::Array((0..10).map(|i| s(&format!("t{i}"))).collect()),
+            ),
+        ];
+        kv.retain(|(k, _)| k != skip);
+        kv.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        kv
+    }
+
+    fn read(kv: &[(String, MetaValue)]) -> Result<ModelConfig> {
+        let kv: Vec<(&str, MetaValue)> = kv.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        ModelConfig::from_gguf(&header_only(&kv))
+    }
+
+    #[test]
+    fn unknown_architecture_is_named_with_the_supported_ones() {
+        let f = header_only(&[("general.architecture", s("mamba"))]);
+        let e = ModelConfig::from_gguf(&f).unwrap_err();
+        let ModelError::UnsupportedArchitecture {
+            name, supported, ..
+        } = &e
+        else {
+            panic!("{e:?}");
+        };
+        assert_eq!(name, "mamba");
+        assert_eq!(supported, "llama, mistral, qwen2, gemma3");
+        let msg = e.to_string();
+        assert!(msg.contains("\"mamba\"") && msg.contains("gemma3"), "{msg}");
+        let e = ModelConfig::from_hf_json(r#"{"model_type": "gemma3_text"}"#).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::UnsupportedArchitecture { name, .. } if name == "gemma3_text"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn gemma3_header() {
+        let c = read(&gemma3(&[], "")).unwrap();
+        assert_eq!(c.family, Family::Gemma3);
+        assert_eq!(
+            (c.head_dim, c.n_heads, c.n_kv_heads, c.vocab_size),
+            (32, 4, 1, 10)
+        );
+        assert_eq!(c.activation, Activation::GeluTanh);
+        assert_eq!(c.embed_scale, Some(8.0));
+        assert_eq!(c.attn_scale, Some(1.0 / 32f64.sqrt()));
+        assert_eq!(c.sliding_window, Some(16));
+        assert_eq!(c.rope_theta_local, Some(10_000.0));
+        // Period 6: layers 5 (and 11, 17, ...) are global.
+        let global: Vec<usize> = (0..7).filter(|&l| !c.is_sliding(l)).collect();
+        assert_eq!(global, [5]);
+        assert!(c.qk_norm && c.sandwich_norms && c.tied_embeddings);
+    }
+
+    #[test]
+    fn gemma3_header_variants_and_errors() {
+        let period = [("gemma3.attention.sliding_window_pattern", MetaValue::U32(3))];
+        let c = read(&gemma3(&period, "")).unwrap();
+        let global: Vec<usize> = (0..7).filter(|&l| !c.is_sliding(l)).collect();
+        assert_eq!(global, [2, 5]);
+        let bools = MetaValue::Array((0..7).map(|l| MetaValue::Bool(l == 0)).collect());
+        let c = read(&gemma3(
+            &[("gemma3.attention.sliding_window_pattern", bools)],
+            "",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sliding_layers,
+            [true, false, false, false, false, false, false]
+        );
+        let short = MetaValue::Array(vec![MetaValue::Bool(true)]);
+        assert!(read(&gemma3(
+            &[("gemma3.attention.sliding_window_pattern", short)],
+            ""
+        ))
+        .is_err());
+        let cap = [("gemma3.final_logit_softcapping", MetaValue::F32(30.0))];
+        assert_eq!(
+            read(&gemma3(&cap, "")).unwrap().final_logit_softcap,
+            Some(30.0)
+        );
+        // head_dim must come from the file, never from d_model / heads.
+        assert!(read(&gemma3(&[], "gemma3.attention.key_length")).is_err());
+        assert!(read(&gemma3(&[], "gemma3.attention.sliding_window")).is_err());
+        let linear = [("gemma3.rope.scaling.type", s("linear"))];
+        let e = read(&gemma3(&linear, "")).unwrap_err();
+        assert!(matches!(e, ModelError::Config(_)), "{e:?}");
+        let zero = [("gemma3.attention.sliding_window", MetaValue::U32(0))];
+        let mut kv = gemma3(&[], "gemma3.attention.sliding_window");
+        kv.extend(zero.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        assert!(read(&kv).is_err());
+    }
+
+    #[test]
+    fn llama_configs_serialize_as_before() {
+        let text = r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "rms_norm_eps": 1e-5}"#;
+        let c = ModelConfig::from_hf_json(text).unwrap();
+        let v = serde_json::to_value(&c).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 14, "{keys:?}");
+        // A configuration written before the Gemma fields existed still reads.
+        let back: ModelConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c);
+        assert!(!c.is_sliding(0));
     }
 }

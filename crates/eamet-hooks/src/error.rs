@@ -33,6 +33,17 @@ pub enum ModelError {
     /// The configuration is missing a field, has a bad value, or names an unsupported model.
     #[error("model config: {0}")]
     Config(String),
+    /// The file names an architecture (GGUF `general.architecture`, or `model_type` of a
+    /// `config.json`) that this crate does not implement.
+    #[error("{format} architecture {name:?} is not supported (supported: {supported})")]
+    UnsupportedArchitecture {
+        /// The architecture as the file names it.
+        name: String,
+        /// Where it was read: `GGUF` or `config.json`.
+        format: &'static str,
+        /// The architectures that are supported from that format, comma-separated.
+        supported: String,
+    },
     /// A weight the architecture needs is not in the checkpoint.
     #[error("tensor {name} is missing from {source_desc}")]
     MissingTensor {

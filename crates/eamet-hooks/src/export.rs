@@ -18,6 +18,7 @@
 //! an existing output only with [`OutputOptions::overwrite`].
 
 use crate::atomic::TempOutput;
+use crate::config::Family;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgmlType, GgufFile, MetaValue};
 use crate::llama::{LlamaModel, ModelSource};
@@ -744,14 +745,16 @@ const STALE_WEIGHTS: &[&str] = &["bin", "pt", "pth", "ckpt", "h5", "msgpack", "o
 ///   `tokenizer.json`, `tokenizer_config.json` and `generation_config.json`.
 ///
 /// # Errors
-/// A protected or existing output; `dtype` given for a Hugging Face input; I/O and
-/// safetensors errors naming the file.
+/// A protected or existing output; `dtype` given for a Hugging Face input; a Gemma 3 model
+/// (no Gemma safetensors writer yet: it needs transformers' Gemma config and norm weights
+/// minus one); I/O and safetensors errors naming the file.
 pub fn save_safetensors_dir(
     model: &LlamaModel,
     out: &Path,
     dtype: Option<StDtype>,
     opts: &OutputOptions,
 ) -> Result<Vec<PathBuf>> {
+    llama_family_only(model)?;
     let mut protected = model_paths(model)?;
     protected.extend(opts.protected.iter().cloned());
     check_output(out, &protected, opts.overwrite)?;
@@ -866,8 +869,23 @@ fn write_from_hf(model: &LlamaModel, dir: &Path, tmp: &Path) -> Result<Vec<PathB
     Ok(written)
 }
 
+/// Refuses models outside the Llama family for the safetensors export.
+fn llama_family_only(model: &LlamaModel) -> Result<()> {
+    match model.config().family {
+        Family::Llama => Ok(()),
+        other => Err(export_err(ExportError::Unsupported(format!(
+            "a safetensors directory can only be written for the Llama family yet, not for {other:?} ({}); export a GGUF file instead",
+            model.config().arch_name
+        )))),
+    }
+}
+
 /// The transformers `config.json` of a Llama-family model, from our configuration.
-pub fn hf_config_json(model: &LlamaModel, dtype: StDtype) -> serde_json::Value {
+///
+/// # Errors
+/// [`ExportError::Unsupported`] for a model outside the Llama family (Gemma 3).
+pub fn hf_config_json(model: &LlamaModel, dtype: StDtype) -> Result<serde_json::Value> {
+    llama_family_only(model)?;
     let cfg = model.config();
     let tok = model.tokenizer();
     let (arch, model_type) = match cfg.arch_name.as_str() {
@@ -875,7 +893,7 @@ pub fn hf_config_json(model: &LlamaModel, dtype: StDtype) -> serde_json::Value {
         "mistral" => ("MistralForCausalLM", "mistral"),
         _ => ("LlamaForCausalLM", "llama"),
     };
-    serde_json::json!({
+    Ok(serde_json::json!({
         "architectures": [arch],
         "model_type": model_type,
         "vocab_size": cfg.vocab_size,
@@ -899,7 +917,7 @@ pub fn hf_config_json(model: &LlamaModel, dtype: StDtype) -> serde_json::Value {
             StDtype::Bf16 => "bfloat16",
             StDtype::F16 => "float16",
         },
-    })
+    }))
 }
 
 /// The tokenizer as `tokenizer.json`; a model that wants a BOS gets a post-processor that
@@ -953,7 +971,7 @@ fn write_from_gguf(model: &LlamaModel, dtype: StDtype, tmp: &Path) -> Result<Vec
     written.push(write_file(
         tmp,
         "config.json",
-        &pretty(&hf_config_json(model, dtype))?,
+        &pretty(&hf_config_json(model, dtype)?)?,
     )?);
     let tok = model.tokenizer();
     written.push(write_file(

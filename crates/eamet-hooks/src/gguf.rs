@@ -796,6 +796,20 @@ impl GgufFile {
     }
 }
 
+/// A GGUF v3 image with metadata only (no tensors), for unit tests of header readers.
+#[cfg(test)]
+pub(crate) fn header_only(kv: &[(&str, MetaValue)]) -> GgufFile {
+    let mut b = Vec::new();
+    b.extend(GGUF_MAGIC.to_le_bytes());
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in kv {
+        b.extend(crate::export::encode_metadata(k, v).expect("encodable test metadata"));
+    }
+    GgufFile::from_bytes(b).expect("valid test header")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,19 @@
-//! The Llama family (Llama 2, Mistral, Qwen2/2.5, DeepSeek-LLM, SmolLM2) on libtorch, f32.
+//! The Llama family (Llama 2, Mistral, Qwen2/2.5, DeepSeek-LLM, SmolLM2) and Gemma 3 on
+//! libtorch, f32.
 //!
 //! RMSNorm, rotary embeddings (Hugging Face's half-split convention), grouped-query attention,
 //! SwiGLU MLP, tied or untied LM head, optional q/k/v biases (Qwen2). Loads GGUF files (any
 //! supported quantization, dequantized to f32) and Hugging Face safetensors checkpoints.
+//!
+//! Gemma 3 (GGUF only) switches on, per [`ModelConfig`]: RMSNorm of each head's queries and
+//! keys, norms on the attention and MLP outputs before the residual adds, GeGLU (tanh GELU),
+//! embeddings scaled by `sqrt(d_model)`, attention scale from the config, and sliding-window
+//! layers (window measured in token positions) with their own rotary base. The GGUF's norm
+//! weights already hold Gemma's `1 + w`, so every norm is the same plain RMSNorm. The hooks are
+//! where they are for Llama: [`Site::MlpKey`] is the input of `ffn_down` (`W_out`), edits and
+//! [`Site::MlpOut`] are at its output, *before* the post-MLP norm.
 
-use crate::config::ModelConfig;
+use crate::config::{Activation, Family, ModelConfig};
 use crate::error::{io_err, ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{
@@ -57,11 +66,19 @@ struct Block {
     bk: Option<Tensor>,
     bv: Option<Tensor>,
     wo: Tensor,
+    /// Per-head RMSNorm weights of queries and keys (`[head_dim]`), if the model has them.
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    /// RMSNorm on the attention output before the residual add (Gemma).
+    post_attn_norm: Option<Tensor>,
+    /// The norm in front of the MLP.
     mlp_norm: Tensor,
     w_gate: Tensor,
     w_up: Tensor,
     /// `[d_model, d_ff]`: already key→residual.
     w_down: Tensor,
+    /// RMSNorm on the MLP output before the residual add (Gemma).
+    post_mlp_norm: Option<Tensor>,
 }
 
 /// A Llama-family causal LM with editing hooks.
@@ -73,6 +90,8 @@ pub struct LlamaModel {
     norm: Tensor,
     lm_head: Option<Tensor>,
     inv_freq: Tensor,
+    /// Rotary frequencies of the sliding-window layers, when their base differs.
+    inv_freq_local: Option<Tensor>,
     /// Loaded `W_out` of every edited layer, and the sum of deltas applied to it.
     originals: HashMap<usize, (Tensor, Tensor)>,
     source: ModelSource,
@@ -129,6 +148,7 @@ fn optional(src: &dyn TensorSource, name: &str, shape: &[i64]) -> Result<Option<
 struct GgufTensors<'a> {
     file: &'a GgufFile,
     path: &'a Path,
+    family: Family,
     /// llama.cpp stores Llama's q/k rows permuted for its rotary layout; undo it.
     unpermute_qk: bool,
     n_heads: i64,
@@ -136,24 +156,16 @@ struct GgufTensors<'a> {
 }
 
 impl GgufTensors<'_> {
-    fn hf_name(name: &str) -> String {
+    /// The GGUF name of a Hugging Face tensor name, per family: the same Hugging Face name can
+    /// mean different tensors (Llama's `post_attention_layernorm` is GGUF's `ffn_norm`, Gemma's
+    /// is `post_attention_norm`).
+    fn gguf_name(&self, name: &str) -> String {
         // model.layers.{i}.{part} <- blk.{i}.{gguf part}
         if let Some(rest) = name.strip_prefix("model.layers.") {
             let (i, part) = rest.split_once('.').unwrap_or((rest, ""));
-            let g = match part {
-                "input_layernorm.weight" => "attn_norm.weight",
-                "self_attn.q_proj.weight" => "attn_q.weight",
-                "self_attn.k_proj.weight" => "attn_k.weight",
-                "self_attn.v_proj.weight" => "attn_v.weight",
-                "self_attn.q_proj.bias" => "attn_q.bias",
-                "self_attn.k_proj.bias" => "attn_k.bias",
-                "self_attn.v_proj.bias" => "attn_v.bias",
-                "self_attn.o_proj.weight" => "attn_output.weight",
-                "post_attention_layernorm.weight" => "ffn_norm.weight",
-                "mlp.gate_proj.weight" => "ffn_gate.weight",
-                "mlp.up_proj.weight" => "ffn_up.weight",
-                "mlp.down_proj.weight" => "ffn_down.weight",
-                other => other,
+            let g = match self.family {
+                Family::Llama => Self::llama_part(part),
+                Family::Gemma3 => Self::gemma3_part(part),
             };
             return format!("blk.{i}.{g}");
         }
@@ -164,6 +176,43 @@ impl GgufTensors<'_> {
             other => other.into(),
         }
     }
+
+    fn gemma3_part(part: &str) -> &str {
+        match part {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "self_attn.q_norm.weight" => "attn_q_norm.weight",
+            "self_attn.k_norm.weight" => "attn_k_norm.weight",
+            "post_attention_layernorm.weight" => "post_attention_norm.weight",
+            "pre_feedforward_layernorm.weight" => "ffn_norm.weight",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            "post_feedforward_layernorm.weight" => "post_ffw_norm.weight",
+            other => other,
+        }
+    }
+
+    fn llama_part(part: &str) -> &str {
+        match part {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.q_proj.bias" => "attn_q.bias",
+            "self_attn.k_proj.bias" => "attn_k.bias",
+            "self_attn.v_proj.bias" => "attn_v.bias",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            other => other,
+        }
+    }
 }
 
 impl TensorSource for GgufTensors<'_> {
@@ -172,7 +221,7 @@ impl TensorSource for GgufTensors<'_> {
     }
 
     fn get(&self, name: &str) -> Result<Option<Tensor>> {
-        let gname = Self::hf_name(name);
+        let gname = self.gguf_name(name);
         let Some(info) = self.file.tensor(&gname) else {
             return Ok(None);
         };
@@ -335,6 +384,20 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
     x * (var + eps).rsqrt() * w
 }
 
+/// Rotary cos/sin tables of one pass: for the global layers, and for the sliding-window layers
+/// when their base differs.
+struct Rope {
+    global: (Tensor, Tensor),
+    local: Option<(Tensor, Tensor)>,
+}
+
+/// Attention masks of one pass (`[B, 1, Tq, S]`, true = attend): causal with padding keys off,
+/// and the same restricted to the sliding window when some layer uses one and it hides a key.
+struct Masks {
+    full: Tensor,
+    sliding: Option<Tensor>,
+}
+
 fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
     let x1 = x.narrow(3, 0, half);
@@ -405,7 +468,11 @@ impl Packing {
 }
 
 impl LlamaModel {
-    /// Load a GGUF file (Llama, Mistral or Qwen2 architecture) onto `device`, f32.
+    /// Load a GGUF file (Llama, Mistral, Qwen2 or Gemma 3 architecture) onto `device`, f32.
+    ///
+    /// # Errors
+    /// [`ModelError::UnsupportedArchitecture`] for another architecture; GGUF, tokenizer,
+    /// missing-tensor and shape errors for a file that does not hold what its header says.
     pub fn from_gguf(path: impl AsRef<Path>, device: Device) -> Result<Self> {
         let path = path.as_ref();
         let file = GgufFile::open(path)?;
@@ -414,6 +481,7 @@ impl LlamaModel {
         let src = GgufTensors {
             file: &file,
             path,
+            family: cfg.family,
             unpermute_qk: cfg.arch_name == "llama" || cfg.arch_name == "mistral",
             n_heads: cfg.n_heads as i64,
             n_kv_heads: cfg.n_kv_heads as i64,
@@ -493,6 +561,28 @@ impl LlamaModel {
                 }
                 Ok(b.map(dev))
             };
+            let norm = |s: &str, len: i64| -> Result<Option<Tensor>> {
+                Ok(Some(dev(require(src, &n(s), &[len])?)))
+            };
+            let (q_norm, k_norm) = if cfg.qk_norm {
+                (
+                    norm("self_attn.q_norm.weight", hd)?,
+                    norm("self_attn.k_norm.weight", hd)?,
+                )
+            } else {
+                (None, None)
+            };
+            // Gemma calls the norm in front of the MLP `pre_feedforward_layernorm`; its
+            // `post_attention_layernorm` is the norm on the attention output.
+            let (post_attn_norm, mlp_norm_name, post_mlp_norm) = if cfg.sandwich_norms {
+                (
+                    norm("post_attention_layernorm.weight", d)?,
+                    "pre_feedforward_layernorm.weight",
+                    norm("post_feedforward_layernorm.weight", d)?,
+                )
+            } else {
+                (None, "post_attention_layernorm.weight", None)
+            };
             blocks.push(Block {
                 attn_norm: dev(require(src, &n("input_layernorm.weight"), &[d])?),
                 wq: dev(require(src, &n("self_attn.q_proj.weight"), &[nh * hd, d])?),
@@ -502,10 +592,14 @@ impl LlamaModel {
                 bk: bias("self_attn.k_proj.bias", nkv * hd)?,
                 bv: bias("self_attn.v_proj.bias", nkv * hd)?,
                 wo: dev(require(src, &n("self_attn.o_proj.weight"), &[d, nh * hd])?),
-                mlp_norm: dev(require(src, &n("post_attention_layernorm.weight"), &[d])?),
+                q_norm,
+                k_norm,
+                post_attn_norm,
+                mlp_norm: dev(require(src, &n(mlp_norm_name), &[d])?),
                 w_gate: dev(require(src, &n("mlp.gate_proj.weight"), &[f, d])?),
                 w_up: dev(require(src, &n("mlp.up_proj.weight"), &[f, d])?),
                 w_down: dev(require(src, &n("mlp.down_proj.weight"), &[d, f])?),
+                post_mlp_norm,
             });
         }
         let norm = dev(require(src, "model.norm.weight", &[d])?);
@@ -514,9 +608,17 @@ impl LlamaModel {
         } else {
             Some(dev(require(src, "lm_head.weight", &[v, d])?))
         };
-        let inv_freq: Vec<f32> = (0..hd / 2)
-            .map(|i| (1.0 / cfg.rope_theta.powf((2 * i) as f64 / hd as f64)) as f32)
-            .collect();
+        let inv_freq = |theta: f64| -> Tensor {
+            let v: Vec<f32> = (0..hd / 2)
+                .map(|i| (1.0 / theta.powf((2 * i) as f64 / hd as f64)) as f32)
+                .collect();
+            dev(Tensor::from_slice(&v))
+        };
+        let inv_freq_local = cfg
+            .rope_theta_local
+            .filter(|&t| t != cfg.rope_theta && cfg.sliding_layers.iter().any(|&s| s))
+            .map(inv_freq);
+        let inv_freq = inv_freq(cfg.rope_theta);
         Ok(LlamaModel {
             cfg,
             tok,
@@ -524,7 +626,8 @@ impl LlamaModel {
             blocks,
             norm,
             lm_head,
-            inv_freq: dev(Tensor::from_slice(&inv_freq)),
+            inv_freq,
+            inv_freq_local,
             originals: HashMap::new(),
             source,
             sha256: std::sync::OnceLock::new(),
@@ -537,10 +640,11 @@ impl LlamaModel {
         &self.source
     }
 
-    /// Every weight under its Hugging Face Llama name, in f32 with the current values (edits
-    /// included), shallow views of the model's tensors. The LM head appears only when it is not
-    /// tied to the embedding. Q and K are in Hugging Face's rotary layout (GGUF's permutation
-    /// already undone at load).
+    /// Every weight under its Hugging Face name (Llama's, or Gemma 3's for Gemma), in f32 with
+    /// the current values (edits included), shallow views of the model's tensors. The LM head
+    /// appears only when it is not tied to the embedding. Q and K are in Hugging Face's rotary
+    /// layout (GGUF's permutation already undone at load). Gemma's norm tensors hold the
+    /// multiplier `1 + w` as the GGUF stores it, not transformers' `w`.
     pub fn named_weights(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
@@ -558,13 +662,29 @@ impl LlamaModel {
                 }
             }
             out.push((n("self_attn.o_proj.weight"), b.wo.shallow_clone()));
-            out.push((
-                n("post_attention_layernorm.weight"),
-                b.mlp_norm.shallow_clone(),
-            ));
+            if let (Some(q), Some(k)) = (&b.q_norm, &b.k_norm) {
+                out.push((n("self_attn.q_norm.weight"), q.shallow_clone()));
+                out.push((n("self_attn.k_norm.weight"), k.shallow_clone()));
+            }
+            match &b.post_attn_norm {
+                Some(post) => {
+                    out.push((n("post_attention_layernorm.weight"), post.shallow_clone()));
+                    out.push((
+                        n("pre_feedforward_layernorm.weight"),
+                        b.mlp_norm.shallow_clone(),
+                    ));
+                }
+                None => out.push((
+                    n("post_attention_layernorm.weight"),
+                    b.mlp_norm.shallow_clone(),
+                )),
+            }
             out.push((n("mlp.gate_proj.weight"), b.w_gate.shallow_clone()));
             out.push((n("mlp.up_proj.weight"), b.w_up.shallow_clone()));
             out.push((n("mlp.down_proj.weight"), b.w_down.shallow_clone()));
+            if let Some(post) = &b.post_mlp_norm {
+                out.push((n("post_feedforward_layernorm.weight"), post.shallow_clone()));
+            }
         }
         out.push(("model.norm.weight".to_string(), self.norm.shallow_clone()));
         if let Some(h) = &self.lm_head {
@@ -587,11 +707,75 @@ impl LlamaModel {
         Ok(())
     }
 
-    /// cos/sin for positions `[B, T]` -> `[B, 1, T, head_dim]`.
-    fn rope(&self, positions: &Tensor) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        (emb.cos(), emb.sin())
+    /// Token embeddings of `ids`, times the embedding scale if the model has one (in f32, as
+    /// transformers applies it).
+    fn embed(&self, ids: &Tensor) -> Tensor {
+        let e = self.embed.embedding_like(ids);
+        match self.cfg.embed_scale {
+            // The scale rounded to f32 first: the product is the f32 one.
+            Some(scale) => e * f64::from(scale as f32),
+            None => e,
+        }
+    }
+
+    /// Final norm, LM head (and soft cap, if any) on rows of hidden states: logits.
+    fn logits(&self, h_sel: &Tensor) -> Tensor {
+        let logits =
+            rms_norm(h_sel, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None);
+        match self.cfg.final_logit_softcap {
+            Some(c) => (logits / c).tanh() * c,
+            None => logits,
+        }
+    }
+
+    /// cos/sin for positions `[B, T]` -> `[B, 1, T, head_dim]`, per rotary base.
+    fn rope(&self, positions: &Tensor) -> Rope {
+        let table = |inv_freq: &Tensor| {
+            let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
+            let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+            (emb.cos(), emb.sin())
+        };
+        Rope {
+            global: table(&self.inv_freq),
+            local: self.inv_freq_local.as_ref().map(table),
+        }
+    }
+
+    /// The attention masks of a pass whose queries are the last `tq` of the keys: `key_valid`
+    /// and `key_pos` are `[B, S]` (1 for real keys; token positions).
+    fn masks(&self, key_valid: &Tensor, key_pos: &Tensor, tq: i64) -> Masks {
+        let full = Self::attn_mask(key_valid, tq);
+        let sliding = match self.cfg.sliding_window {
+            Some(w) if self.cfg.sliding_layers.iter().any(|&s| s) => {
+                Self::window_mask(&full, key_valid, key_pos, tq, w as i64)
+            }
+            _ => None,
+        };
+        Masks { full, sliding }
+    }
+
+    /// `full` restricted to keys less than `window` token positions before the query (the
+    /// slots of a row may hold inner padding, so distances are taken between positions, not
+    /// slots). `None` when no real token is that far from position 0 (then the window hides
+    /// no real key from a real query).
+    fn window_mask(
+        full: &Tensor,
+        key_valid: &Tensor,
+        key_pos: &Tensor,
+        tq: i64,
+        window: i64,
+    ) -> Option<Tensor> {
+        let (b, s) = (key_pos.size()[0], key_pos.size()[1]);
+        let furthest = key_pos
+            .masked_fill(&key_valid.eq(0), 0)
+            .max()
+            .int64_value(&[]);
+        if furthest < window {
+            return None;
+        }
+        let q_pos = key_pos.narrow(1, s - tq, tq).view([b, 1, tq, 1]);
+        let near = (q_pos - key_pos.view([b, 1, 1, s])).lt(window);
+        Some(full.logical_and(&near))
     }
 
     /// Boolean attention mask `[B, 1, Tq, S]`: causal, no padding keys, each query sees itself.
@@ -629,17 +813,24 @@ impl LlamaModel {
             self.cfg.n_kv_heads as i64,
             self.cfg.head_dim as i64,
         );
-        let proj = |w: &Tensor, bias: &Option<Tensor>, heads: i64| {
+        let eps = self.cfg.rms_eps;
+        let proj = |w: &Tensor, bias: &Option<Tensor>, heads: i64, norm: &Option<Tensor>| {
             let y = x.linear(w, bias.as_ref());
             let y = match packed {
                 Some((p, _, _)) => p.unpack(&y),
                 None => y,
             };
-            y.view([b, t, heads, hd]).transpose(1, 2)
+            let y = y.view([b, t, heads, hd]);
+            // Per-head RMSNorm (zero padding rows stay zero).
+            let y = match norm {
+                Some(n) => rms_norm(&y, n, eps),
+                None => y,
+            };
+            y.transpose(1, 2)
         };
-        let q = proj(&blk.wq, &blk.bq, nh);
-        let k = proj(&blk.wk, &blk.bk, nkv);
-        let v = proj(&blk.wv, &blk.bv, nkv);
+        let q = proj(&blk.wq, &blk.bq, nh, &blk.q_norm);
+        let k = proj(&blk.wk, &blk.bk, nkv, &blk.k_norm);
+        let v = proj(&blk.wv, &blk.bv, nkv, &None);
         let q = &q * cos + rotate_half(&q) * sin;
         let k = &k * cos + rotate_half(&k) * sin;
         let (k, v) = match cache {
@@ -666,7 +857,7 @@ impl LlamaModel {
             Some(mask),
             0.0,
             false,
-            None,
+            self.cfg.attn_scale,
             nh != nkv,
         );
         let y = y.transpose(1, 2).contiguous().view([b, t, nh * hd]);
@@ -684,7 +875,7 @@ impl LlamaModel {
         batch_dims: (i64, i64),
         mut h: Tensor,
         positions: &Tensor,
-        mask: &Tensor,
+        masks: &Masks,
         from: usize,
         to: usize,
         plan: Option<(&Batch, &Plan)>,
@@ -697,7 +888,7 @@ impl LlamaModel {
         let offset = plan
             .and_then(|(_, p)| p.start.as_ref())
             .map_or(0, |s| s.from_slot);
-        let (cos, sin) = self.rope(positions);
+        let rope = self.rope(positions);
         // Rows of the (flattened or packed) hidden states at `at`.
         let rows = |at: &[(usize, usize)], batch: &Batch| -> Tensor {
             match pack {
@@ -724,19 +915,36 @@ impl LlamaModel {
                 }
             }
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[l]);
+            let sliding = self.cfg.is_sliding(l);
+            let (cos, sin) = match (&rope.local, sliding) {
+                (Some(local), true) => local,
+                _ => &rope.global,
+            };
+            let mask = match (&masks.sliding, sliding) {
+                (Some(m), true) => m,
+                _ => &masks.full,
+            };
             let a = self.attention(
                 blk,
                 &rms_norm(&h, &blk.attn_norm, self.cfg.rms_eps),
-                &cos,
-                &sin,
+                cos,
+                sin,
                 mask,
                 layer_cache,
                 pack.map(|p| (p, b, t)),
             );
+            let a = match &blk.post_attn_norm {
+                Some(w) => rms_norm(&a, w, self.cfg.rms_eps),
+                None => a,
+            };
             let h_mid = h + a;
             let n = rms_norm(&h_mid, &blk.mlp_norm, self.cfg.rms_eps);
-            let key =
-                n.linear::<Tensor>(&blk.w_gate, None).silu() * n.linear::<Tensor>(&blk.w_up, None);
+            let gate = n.linear::<Tensor>(&blk.w_gate, None);
+            let gate = match self.cfg.activation {
+                Activation::Silu => gate.silu(),
+                Activation::GeluTanh => gate.gelu("tanh"),
+            };
+            let key = gate * n.linear::<Tensor>(&blk.w_up, None);
             let mut m = key.linear::<Tensor>(&blk.w_down, None);
             if let Some((batch, plan)) = plan {
                 for (i, c) in plan.captures.iter().enumerate() {
@@ -766,7 +974,11 @@ impl LlamaModel {
                     }
                 }
             }
-            h = h_mid + m;
+            // Captures and edits above see `m` before the post-MLP norm (if any).
+            h = match &blk.post_mlp_norm {
+                Some(w) => h_mid + rms_norm(&m, w, self.cfg.rms_eps),
+                None => h_mid + m,
+            };
             if let Some((batch, plan)) = plan {
                 for (i, c) in plan.captures.iter().enumerate() {
                     if c.layer == l && c.site == Site::BlockOut {
@@ -947,23 +1159,21 @@ impl LlamaModel {
 
     /// Final norm + LM head on selected rows of flattened hidden states -> log-softmax.
     fn head_logprobs(&self, h_sel: &Tensor) -> Tensor {
-        rms_norm(h_sel, &self.norm, self.cfg.rms_eps)
-            .linear::<Tensor>(self.head(), None)
-            .log_softmax(-1, Kind::Float)
+        self.logits(h_sel).log_softmax(-1, Kind::Float)
     }
 
     /// Logits (not log-probabilities) at each row's last real token: `[B, vocab]`.
     pub fn last_logits(&self, batch: &Batch) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
         let (b, t) = (batch.rows() as i64, batch.width as i64);
-        let h0 = self.embed.embedding_like(&batch.ids);
-        let mask = Self::attn_mask(&batch.mask, t);
+        let h0 = self.embed(&batch.ids);
+        let masks = self.masks(&batch.mask, &batch.positions, t);
         let mut caps = [];
         let h = self.run_blocks(
             (b, t),
             h0,
             &batch.positions,
-            &mask,
+            &masks,
             0,
             self.cfg.n_layers - 1,
             None,
@@ -975,7 +1185,7 @@ impl LlamaModel {
         let sel = h
             .reshape([b * t, self.cfg.d_model as i64])
             .index_select(0, &flat_index(batch, &at, 0, self.device));
-        Ok(rms_norm(&sel, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None))
+        Ok(self.logits(&sel))
     }
 }
 
@@ -1017,10 +1227,10 @@ impl EditableLm for LlamaModel {
         let t = (batch.width - offset) as i64;
         let (from, h0) = match &plan.start {
             Some(s) => (s.layer, s.hidden.shallow_clone()),
-            None => (0, self.embed.embedding_like(&batch.ids)),
+            None => (0, self.embed(&batch.ids)),
         };
         let to = plan.stop_after.unwrap_or(self.cfg.n_layers - 1);
-        let mask = Self::attn_mask(&batch.mask, t);
+        let masks = self.masks(&batch.mask, &batch.positions, t);
         let positions = batch.positions.narrow(1, offset as i64, t);
         // A fresh list of (shared) past keys/values: the pass appends to its own copy.
         let mut past: Option<Vec<(Tensor, Tensor)>> =
@@ -1042,7 +1252,7 @@ impl EditableLm for LlamaModel {
             (b, t),
             h0,
             &positions,
-            &mask,
+            &masks,
             from,
             to,
             Some((batch, plan)),
@@ -1085,9 +1295,9 @@ impl EditableLm for LlamaModel {
         }
         let _g = tch::no_grad_guard();
         let (b, t) = (batch.rows() as i64, batch.width as i64);
-        let mask = Self::attn_mask(&batch.mask, t);
+        let masks = self.masks(&batch.mask, &batch.positions, t);
         let mut caps = [];
-        let h0 = self.embed.embedding_like(&batch.ids);
+        let h0 = self.embed(&batch.ids);
         let h = if layer == 0 {
             h0
         } else {
@@ -1095,7 +1305,7 @@ impl EditableLm for LlamaModel {
                 (b, t),
                 h0,
                 &batch.positions,
-                &mask,
+                &masks,
                 0,
                 layer - 1,
                 None,
@@ -1111,13 +1321,17 @@ impl EditableLm for LlamaModel {
             // Slots before from_slot never attend to later ones: run them alone through the
             // upper blocks, recording their keys and values.
             let s0 = from_slot as i64;
-            let pmask = Self::attn_mask(&batch.mask.narrow(1, 0, s0), s0);
+            let pmasks = self.masks(
+                &batch.mask.narrow(1, 0, s0),
+                &batch.positions.narrow(1, 0, s0),
+                s0,
+            );
             // Only the recorded keys/values are needed, not the prefix's hidden states.
             let _ = self.run_blocks(
                 (b, s0),
                 h.narrow(1, 0, s0),
                 &batch.positions.narrow(1, 0, s0),
-                &pmask,
+                &pmasks,
                 layer,
                 self.cfg.n_layers - 1,
                 None,
@@ -1169,13 +1383,14 @@ impl EditableLm for LlamaModel {
             .map(|_| (Tensor::new(), Tensor::new()))
             .collect();
         let mut key_valid = batch.mask.shallow_clone();
-        let mask = Self::attn_mask(&key_valid, t);
+        let mut key_pos = batch.positions.shallow_clone();
+        let masks = self.masks(&key_valid, &key_pos, t);
         let mut caps = [];
         let h = self.run_blocks(
             (b, t),
-            self.embed.embedding_like(&batch.ids),
+            self.embed(&batch.ids),
             &batch.positions,
-            &mask,
+            &masks,
             0,
             self.cfg.n_layers - 1,
             None,
@@ -1186,8 +1401,7 @@ impl EditableLm for LlamaModel {
         let mut last = h.select(1, t - 1); // left padding: the last slot is every row's last token
         let mut next_pos: Vec<i64> = batch.lengths.iter().map(|&l| l as i64).collect();
         for step in 0..max_new {
-            let logits =
-                rms_norm(&last, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None);
+            let logits = self.logits(&last);
             let next: Vec<i64> = match pick.as_deref_mut() {
                 None => Vec::<i64>::try_from(logits.argmax(-1, false))?,
                 Some(pick) => {
@@ -1235,12 +1449,13 @@ impl EditableLm for LlamaModel {
                 ],
                 1,
             );
-            let mask = Self::attn_mask(&key_valid, 1);
+            key_pos = Tensor::cat(&[&key_pos, &pos], 1);
+            let masks = self.masks(&key_valid, &key_pos, 1);
             let h = self.run_blocks(
                 (b, 1),
-                self.embed.embedding_like(&ids),
+                self.embed(&ids),
                 &pos,
-                &mask,
+                &masks,
                 0,
                 self.cfg.n_layers - 1,
                 None,

@@ -1,8 +1,8 @@
 //! The model seam: what knowledge editing needs from a causal language model, nothing more.
 //!
 //! [`EditableLm`] is implemented once per architecture (today [`crate::llama::LlamaModel`] for
-//! the Llama family); an inference stack with its own model can implement it too. A forward
-//! pass takes a [`Batch`] of padded prompts and a [`Plan`] of interventions:
+//! the Llama family and Gemma 3); an inference stack with its own model can implement it too. A
+//! forward pass takes a [`Batch`] of padded prompts and a [`Plan`] of interventions:
 //! - capture activations ([`Site::MlpKey`] — the input of `W_out`, i.e. the *key* —,
 //!   [`Site::MlpOut`], [`Site::BlockIn`], [`Site::BlockOut`]) at chosen `(row, position)`s;
 //! - add vectors to the MLP output of a layer at chosen positions (autograd flows into them);
@@ -126,7 +126,10 @@ pub enum Site {
     BlockIn,
     /// The input of `W_out` (`act(gate)·up` in Llama): the *key*, `d_ff` wide.
     MlpKey,
-    /// The output of `W_out` (the MLP's contribution to the residual stream), `d_model` wide.
+    /// The output of `W_out`, `d_model` wide: the MLP's contribution to the residual stream in
+    /// the Llama family. Gemma normalizes it (post-feed-forward norm) before adding it, so
+    /// there this is the pre-norm output and the contribution is `RMSNorm(MlpOut)`; edits are
+    /// added here either way, so `W_out += Δ` still equals adding `Δ·key` at this site.
     MlpOut,
     /// The residual stream leaving the block.
     BlockOut,

@@ -1,14 +1,21 @@
-//! Tokenizers: Hugging Face `tokenizer.json` files, or byte-level BPE built from GGUF metadata.
+//! Tokenizers: Hugging Face `tokenizer.json` files, or tokenizers rebuilt from GGUF metadata.
 //!
 //! No released crate builds a `tokenizers` tokenizer from a GGUF header, so [`Tokenizer::from_gguf`]
-//! does it: the vocabulary (`tokenizer.ggml.tokens`), merges (`tokenizer.ggml.merges`), token
-//! types (control tokens become special added tokens) and the pre-tokenizer that
-//! `tokenizer.ggml.pre` names (the split the merges were learned with). The result is an
-//! ordinary `tokenizers::Tokenizer`, described as `tokenizer.json` so it can be saved and
-//! inspected.
+//! does it, for two kinds of vocabulary:
+//! - byte-level BPE (`tokenizer.ggml.model = gpt2`): the vocabulary (`tokenizer.ggml.tokens`),
+//!   merges (`tokenizer.ggml.merges`), token types (control tokens become special added tokens)
+//!   and the pre-tokenizer that `tokenizer.ggml.pre` names (the split the merges were learned
+//!   with);
+//! - SentencePiece-style BPE (`tokenizer.ggml.model = llama`) of Gemma 3: `▁` for spaces, byte
+//!   fallback, and merges derived from the vocabulary (the file has none), as transformers'
+//!   GGUF loader derives them (see [`Tokenizer::from_gguf`]).
+//!
+//! The result is an ordinary `tokenizers::Tokenizer`, described as `tokenizer.json` so it can
+//! be saved and inspected.
 
 use crate::gguf::{GgufFile, MetaValue};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Why a tokenizer could not be built or used.
@@ -18,7 +25,7 @@ pub enum TokenizerError {
     #[error("GGUF tokenizer metadata: {0}")]
     Metadata(String),
     /// The GGUF names a tokenizer family this crate does not build.
-    #[error("GGUF tokenizer model {model:?} (pre-tokenizer {pre:?}) is not supported; supported: byte-level BPE (`gpt2`) with pre-tokenizers {supported}")]
+    #[error("GGUF tokenizer model {model:?} (pre-tokenizer {pre:?}) is not supported; supported: {supported}")]
     Unsupported {
         /// `tokenizer.ggml.model`.
         model: String,
@@ -79,6 +86,51 @@ fn pre_tokenizer_for(pre: &str) -> Option<Value> {
 }
 
 const SUPPORTED_PRE: &str = "default, gpt2, smollm, starcoder, refact, codeshell, exaone, minerva, command-r, llama3, llama-v3, llama-bpe, falcon3, smaug-bpe, dbrx, pixtral, qwen2, deepseek-r1-qwen, megrez";
+
+/// Architectures whose SentencePiece-style vocabulary (`tokenizer.ggml.model = llama`) is
+/// rebuilt; a plain Llama 2 vocabulary needs another normalizer (a `▁` prefix) and is refused.
+const SENTENCEPIECE_ARCHITECTURES: &[&str] = &["gemma3"];
+
+fn supported_list() -> String {
+    format!(
+        "byte-level BPE (`gpt2`) with pre-tokenizers {SUPPORTED_PRE}; SentencePiece-style (`llama`) for architectures {}",
+        SENTENCEPIECE_ARCHITECTURES.join(", ")
+    )
+}
+
+/// Python's `str.isspace` (Rust's `char::is_whitespace` plus the four ASCII separators).
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Gemma's vocabulary stores runs of spaces as real spaces while everything else spells a space
+/// `▁` (and the normalizer turns text spaces into `▁`): such tokens are respelled `▁`×len.
+fn respell_spaces(token: &str) -> String {
+    if token.contains(' ') && token.chars().all(py_space) {
+        "\u{2581}".repeat(token.chars().count())
+    } else {
+        token.to_string()
+    }
+}
+
+/// BPE merges implied by a vocabulary with no merge list: for each token in id order (a lower
+/// id is a better merge), every split into two vocabulary tokens at a character boundary,
+/// longer left part first. This is the order transformers' `generate_merges` gives when each
+/// token's score is minus its id (what its GGUF loader does for Gemma, whose stored scores do
+/// not follow the merge order).
+fn derive_merges(tokens: &[String], vocab: &HashMap<&str, u32>) -> Vec<(usize, usize)> {
+    let mut merges = Vec::new();
+    for w in tokens {
+        let cuts: Vec<usize> = w.char_indices().skip(1).map(|(i, _)| i).collect();
+        for &cut in cuts.iter().rev() {
+            let (l, r) = w.split_at(cut);
+            if vocab.contains_key(l) && vocab.contains_key(r) {
+                merges.push((vocab[l] as usize, vocab[r] as usize));
+            }
+        }
+    }
+    merges
+}
 
 /// GPT-2's reversible byte → printable-character map (the "byte-level alphabet").
 fn byte_alphabet() -> [char; 256] {
@@ -150,7 +202,20 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Build from GGUF metadata (byte-level BPE, `tokenizer.ggml.model = gpt2`).
+    /// Build from GGUF metadata: byte-level BPE (`tokenizer.ggml.model = gpt2`), or Gemma 3's
+    /// SentencePiece-style vocabulary (`llama`, with `general.architecture = gemma3`).
+    ///
+    /// Gemma's tokenizer is rebuilt as transformers' GGUF loader builds it: tokens made of
+    /// spaces only are respelled with `▁`; merges are derived from the vocabulary (see
+    /// `derive_merges`); BPE with byte fallback and `<unk>`; the normalizer turns spaces into
+    /// `▁` (no prefix space); control tokens are special added tokens and user-defined ones
+    /// (`\n`, `<table>`, …) plain added tokens, both matched whole; [`Tokenizer::encode`]
+    /// prepends BOS when `tokenizer.ggml.add_bos_token` says so (the default for this kind).
+    ///
+    /// # Errors
+    /// [`TokenizerError::Unsupported`] for another tokenizer kind;
+    /// [`TokenizerError::Metadata`] for missing or inconsistent metadata (a token spelled twice,
+    /// BOS wanted but absent, …).
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let model = f
             .metadata_str("tokenizer.ggml.model")
@@ -161,13 +226,17 @@ impl Tokenizer {
             .and_then(|v| v.as_str())
             .unwrap_or("default")
             .to_string();
+        let arch = f.architecture().unwrap_or("");
+        if model == "llama" && SENTENCEPIECE_ARCHITECTURES.contains(&arch) {
+            return Self::sentencepiece_from_gguf(f);
+        }
         let pre_tok = match (model.as_str(), pre_tokenizer_for(&pre)) {
             ("gpt2", Some(p)) => p,
             _ => {
                 return Err(TokenizerError::Unsupported {
                     model,
                     pre,
-                    supported: SUPPORTED_PRE.into(),
+                    supported: supported_list(),
                 })
             }
         };
@@ -236,6 +305,94 @@ impl Tokenizer {
             .get("tokenizer.ggml.add_bos_token")
             .map(|v| matches!(v, MetaValue::Bool(true)))
             .unwrap_or(false);
+        let eos = id("tokenizer.ggml.eos_token_id");
+        let pad = id("tokenizer.ggml.padding_token_id").or(eos).unwrap_or(0);
+        Self::from_description(
+            description,
+            id("tokenizer.ggml.bos_token_id"),
+            eos,
+            pad,
+            add_bos,
+        )
+    }
+
+    /// Gemma's SentencePiece-style vocabulary (see [`Tokenizer::from_gguf`]).
+    fn sentencepiece_from_gguf(f: &GgufFile) -> Result<Self> {
+        let original = string_array(f, "tokenizer.ggml.tokens")?;
+        let types: Vec<u64> = match f.get("tokenizer.ggml.token_type") {
+            Some(MetaValue::Array(v)) => v.iter().map(|t| t.as_u64().unwrap_or(1)).collect(),
+            _ => vec![1; original.len()],
+        };
+        if types.len() != original.len() {
+            return Err(TokenizerError::Metadata(format!(
+                "tokenizer.ggml.token_type has {} entries for {} tokens",
+                types.len(),
+                original.len()
+            )));
+        }
+        let tokens: Vec<String> = original.iter().map(|t| respell_spaces(t)).collect();
+        let mut vocab: HashMap<&str, u32> = HashMap::with_capacity(tokens.len());
+        for (id, t) in tokens.iter().enumerate() {
+            if vocab.insert(t.as_str(), id as u32).is_some() {
+                return Err(TokenizerError::Metadata(format!(
+                    "tokenizer.ggml.tokens[{id}] {:?} (spelled {t:?}) duplicates an earlier token",
+                    original[id]
+                )));
+            }
+        }
+        let merges: Vec<Value> = derive_merges(&tokens, &vocab)
+            .into_iter()
+            .map(|(l, r)| json!([tokens[l], tokens[r]]))
+            .collect();
+        let mut added = Vec::new();
+        for (id, (orig, &ty)) in original.iter().zip(&types).enumerate() {
+            // 3 = control: special; 4 = user-defined: plain added token, when its spelling is
+            // a vocabulary entry (the space runs are not: they were respelled).
+            let special = ty == 3;
+            let known = ty == 4 && vocab.contains_key(orig.as_str());
+            if special || known {
+                let id = if special {
+                    id as u32
+                } else {
+                    vocab[orig.as_str()]
+                };
+                added.push(json!({"id": id, "content": orig, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": special}));
+            }
+        }
+        let id = |k: &str| {
+            f.get(k)
+                .and_then(|v| v.as_u64())
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|&v| (v as usize) < tokens.len())
+        };
+        let unk = id("tokenizer.ggml.unknown_token_id").map(|u| tokens[u as usize].clone());
+        let description = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                "behavior": "MergedWithPrevious", "invert": false},
+            "post_processor": null,
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ]},
+            "model": {"type": "BPE", "dropout": null, "unk_token": unk,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
+                "byte_fallback": true, "ignore_merges": false,
+                "vocab": vocab.iter().map(|(t, i)| (t.to_string(), json!(i))).collect::<serde_json::Map<_, _>>(),
+                "merges": merges},
+        });
+        // SentencePiece vocabularies want BOS unless the file says otherwise (llama.cpp and
+        // transformers agree).
+        let add_bos = match f.get("tokenizer.ggml.add_bos_token") {
+            Some(MetaValue::Bool(b)) => *b,
+            _ => true,
+        };
         let eos = id("tokenizer.ggml.eos_token_id");
         let pad = id("tokenizer.ggml.padding_token_id").or(eos).unwrap_or(0);
         Self::from_description(
@@ -358,6 +515,103 @@ mod tests {
         assert_eq!(a[b' ' as usize], 'Ġ');
         assert_eq!(a[b'\n' as usize], 'Ċ');
         assert_eq!(a[b'A' as usize], 'A');
+    }
+
+    #[test]
+    fn space_runs_are_respelled() {
+        assert_eq!(respell_spaces("  "), "\u{2581}\u{2581}");
+        assert_eq!(respell_spaces("\t "), "\u{2581}\u{2581}");
+        assert_eq!(respell_spaces("\n"), "\n");
+        assert_eq!(respell_spaces(" a"), " a");
+        assert_eq!(respell_spaces("\u{2581}"), "\u{2581}");
+    }
+
+    #[test]
+    fn merges_follow_ids_then_longer_left_parts() {
+        let tokens: Vec<String> = ["a", "b", "c", "ab", "abc", "bc", "\u{e9}\u{e9}", "\u{e9}"]
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        let vocab: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32))
+            .collect();
+        // Splits at character (not byte) boundaries.
+        assert_eq!(
+            derive_merges(&tokens, &vocab),
+            [(0, 1), (3, 2), (0, 5), (1, 2), (7, 7)]
+        );
+    }
+
+    /// A Gemma-style vocabulary in a GGUF header: control tokens, a user-defined newline and a
+    /// run of two spaces stored as real spaces, no merges.
+    #[test]
+    fn gemma_style_vocabulary_round_trips() {
+        let s = |v: &str| MetaValue::String(v.into());
+        let tokens = [
+            "<pad>",
+            "<eos>",
+            "<bos>",
+            "<unk>",
+            "\n",
+            "  ",
+            "\u{2581}",
+            "h",
+            "i",
+            "hi",
+            "\u{2581}hi",
+        ];
+        let types = [3, 3, 3, 3, 4, 4, 1, 1, 1, 1, 1];
+        let kv = [
+            ("general.architecture", s("gemma3")),
+            ("tokenizer.ggml.model", s("llama")),
+            ("tokenizer.ggml.pre", s("default")),
+            (
+                "tokenizer.ggml.tokens",
+                MetaValue::Array(tokens.iter().map(|t| s(t)).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type",
+                MetaValue::Array(types.iter().map(|&t| MetaValue::I32(t)).collect()),
+            ),
+            ("tokenizer.ggml.bos_token_id", MetaValue::U32(2)),
+            ("tokenizer.ggml.eos_token_id", MetaValue::U32(1)),
+            ("tokenizer.ggml.unknown_token_id", MetaValue::U32(3)),
+            ("tokenizer.ggml.padding_token_id", MetaValue::U32(0)),
+        ];
+        let tok = Tokenizer::from_gguf(&crate::gguf::header_only(&kv)).unwrap();
+        assert!(tok.add_bos, "BOS by default for a SentencePiece vocabulary");
+        assert_eq!((tok.bos_id, tok.eos_id, tok.pad_id), (Some(2), Some(1), 0));
+        let ids = tok.encode(" hi  hi\n").unwrap();
+        assert_eq!(ids, [2, 10, 5, 9, 4]);
+        assert_eq!(tok.decode(&ids[1..]).unwrap(), " hi  hi\n");
+        assert_eq!(tok.encode("<eos>hi").unwrap(), [2, 1, 9]);
+        // A plain Llama 2 vocabulary (another normalizer) is refused, naming what works.
+        let mut llama = kv.to_vec();
+        llama[0] = ("general.architecture", s("llama"));
+        let e = Tokenizer::from_gguf(&crate::gguf::header_only(&llama)).unwrap_err();
+        assert!(
+            matches!(&e, TokenizerError::Unsupported { model, .. } if model == "llama"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("gemma3"), "{e}");
+        // Two tokens that respell the same way are an error, not a silent choice.
+        let mut dup = kv.to_vec();
+        let mut t2 = tokens.to_vec();
+        t2[6] = " ";
+        dup[3] = (
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(t2.iter().map(|t| s(t)).collect()),
+        );
+        assert!(Tokenizer::from_gguf(&crate::gguf::header_only(&dup)).is_ok());
+        t2[6] = "  ";
+        dup[3] = (
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(t2.iter().map(|t| s(t)).collect()),
+        );
+        let e = Tokenizer::from_gguf(&crate::gguf::header_only(&dup)).unwrap_err();
+        assert!(matches!(e, TokenizerError::Metadata(_)), "{e:?}");
     }
 
     #[test]
