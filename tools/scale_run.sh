@@ -6,6 +6,11 @@
 # Report: runs/scale/<dataset stem>-<N>-<method>/report; residual run directory beside it
 # (re-running the same command resumes: finished residual blocks are reused). Default dataset:
 # $EAMET_DATA_DIR/counterfact_easyedit_edit.json (the test slice: never tune on it).
+# Environment:
+#   RESIDUALS=DIR  residual run directory to use instead of the run's own, to share residuals
+#                  between methods that optimize them the same way (MEMIT and AlphaEdit; EAMET
+#                  and AlphaEdit-aligned): the CLI refuses one made with other settings.
+#   PRE_FROM=DIR   a report of the same records whose pre-edit evaluation is reused (checked).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 METHOD=$1
@@ -23,5 +28,7 @@ if [ -f "$DIR/report/report.json" ]; then
     exit 0
 fi
 rm -rf "$DIR/report"
+PRE=()
+[ -n "${PRE_FROM:-}" ] && PRE=(--pre-from "$PRE_FROM")
 exec "$EAMET" eval --dataset "$FILE" --n "$N" --method "$METHOD" --no-robustness \
-    --run-dir "$DIR/residuals" --report "$DIR/report" "$@"
+    --run-dir "${RESIDUALS:-$DIR/residuals}" --report "$DIR/report" "${PRE[@]}" "$@"
