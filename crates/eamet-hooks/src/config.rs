@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 /// shares one implementation: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP.
 /// Gemma 3 runs on the same code with the per-architecture switches of [`ModelConfig`] turned on
 /// (q/k norms, post-attention and post-MLP norms, GeGLU, scaled embedding, sliding-window
-/// layers with their own rotary base).
+/// layers with their own rotary base), and so do GPT-2 and GPT-J (LayerNorm with bias, a plain
+/// two-matrix MLP with biases; GPT-2: learned absolute positions, fused and biased q/k/v;
+/// GPT-J: partial interleaved rotary, attention and MLP in parallel, LM head with a bias). See
+/// `docs/design/gpt2-gptj.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
@@ -17,22 +20,32 @@ pub enum Family {
     Llama,
     /// Gemma 3 text decoder (GGUF architecture `gemma3`).
     Gemma3,
+    /// GPT-2 (`config.json` model type `gpt2`).
+    Gpt2,
+    /// GPT-J (`config.json` model type `gptj`).
+    Gptj,
 }
 
 /// The GGUF architectures [`ModelConfig::from_gguf`] reads.
 pub const SUPPORTED_GGUF_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "gemma3"];
 
 /// The `config.json` model types [`ModelConfig::from_hf_json`] reads.
-pub const SUPPORTED_HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
+pub const SUPPORTED_HF_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "gpt2", "gptj"];
 
-/// The gate nonlinearity of the gated MLP (`key = act(x·W_gate) ⊙ (x·W_up)`).
+/// The `activation_function` values GPT-2 and GPT-J configurations may name (both are the tanh
+/// approximation of GELU, [`Activation::GeluTanh`]).
+pub const SUPPORTED_GPT_ACTIVATIONS: &[&str] = &["gelu_new", "gelu_pytorch_tanh"];
+
+/// The MLP nonlinearity: of the gate in a gated MLP (`key = act(x·W_gate) ⊙ (x·W_up)`), or of
+/// the hidden layer in a plain one (`key = act(x·W_up + b_up)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     /// SiLU (SwiGLU; the Llama family).
     #[default]
     Silu,
-    /// GELU with the tanh approximation (GeGLU; Gemma's `gelu_pytorch_tanh`).
+    /// GELU with the tanh approximation (GeGLU; Gemma's `gelu_pytorch_tanh`; GPT-2's and
+    /// GPT-J's `gelu_new`).
     GeluTanh,
 }
 
@@ -42,11 +55,65 @@ impl Activation {
     }
 }
 
-/// Hyperparameters of a supported decoder (Llama family or Gemma 3).
+/// The normalization of the blocks and of the final hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// RMSNorm with a weight (Llama, Gemma).
+    #[default]
+    Rms,
+    /// LayerNorm with a weight and a bias (GPT-2, GPT-J).
+    Layer,
+}
+
+impl NormKind {
+    fn is_rms(&self) -> bool {
+        *self == NormKind::Rms
+    }
+}
+
+/// How token positions enter the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionKind {
+    /// Rotary embeddings on queries and keys, rotating the two halves of the rotary part of
+    /// each head against each other (transformers' `rotate_half`: Llama, Gemma).
+    #[default]
+    Rotary,
+    /// Rotary embeddings rotating adjacent pairs `(2i, 2i+1)` (GPT-J's `rotate_every_two`).
+    RotaryInterleaved,
+    /// Learned absolute position embeddings added to the token embeddings (GPT-2); no rotary.
+    Learned,
+}
+
+impl PositionKind {
+    fn is_rotary(&self) -> bool {
+        *self == PositionKind::Rotary
+    }
+}
+
+/// The shape of the MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// `W_out · (act(W_gate x) ⊙ W_up x)` (Llama, Gemma).
+    #[default]
+    Gated,
+    /// `W_out · act(W_up x + b_up) + b_out` (GPT-2's `c_fc`/`c_proj`, GPT-J's `fc_in`/`fc_out`).
+    Plain,
+}
+
+impl MlpKind {
+    fn is_gated(&self) -> bool {
+        *self == MlpKind::Gated
+    }
+}
+
+/// Hyperparameters of a supported decoder (Llama family, Gemma 3, GPT-2, GPT-J).
 ///
-/// The fields after `qkv_bias` switch on Gemma 3's departures from Llama; their defaults (and
-/// every Llama-family loader) leave them off, and they are not serialized when off, so a Llama
-/// configuration reads and writes exactly as before they existed.
+/// The fields after `qkv_bias` switch on Gemma 3's, GPT-2's and GPT-J's departures from Llama;
+/// their defaults (and every Llama-family loader) leave them off, and they are not serialized
+/// when off, so a Llama configuration reads and writes exactly as before they existed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Architecture family.
@@ -67,11 +134,13 @@ pub struct ModelConfig {
     pub n_kv_heads: usize,
     /// Width of one head.
     pub head_dim: usize,
-    /// RMSNorm epsilon.
+    /// Epsilon of the norms (RMSNorm, or LayerNorm when [`norm`](ModelConfig::norm) says so;
+    /// the name is kept from when every model used RMSNorm).
     pub rms_eps: f64,
-    /// Rotary embedding base.
+    /// Rotary embedding base (unused with learned positions).
     pub rope_theta: f64,
-    /// Context length the model was trained with (0 if unknown).
+    /// Context length the model was trained with (0 if unknown); with learned positions, the
+    /// number of position embeddings (a longer input is refused).
     pub max_positions: usize,
     /// LM head shares the token embedding.
     pub tied_embeddings: bool,
@@ -113,6 +182,32 @@ pub struct ModelConfig {
     /// `c·tanh(logits / c)` on the LM head's output when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_logit_softcap: Option<f64>,
+    /// RMSNorm or LayerNorm (GPT-2, GPT-J), in the blocks and before the LM head.
+    #[serde(default, skip_serializing_if = "NormKind::is_rms")]
+    pub norm: NormKind,
+    /// Rotary (half-split or interleaved) or learned absolute positions.
+    #[serde(default, skip_serializing_if = "PositionKind::is_rotary")]
+    pub position_kind: PositionKind,
+    /// Rotary embedding on the first `rotary_dim` values of each head only (GPT-J); `None`: the
+    /// whole head. See [`rotary_width`](ModelConfig::rotary_width).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<usize>,
+    /// Gated or plain MLP.
+    #[serde(default, skip_serializing_if = "MlpKind::is_gated")]
+    pub mlp: MlpKind,
+    /// Biases on the MLP's input and output projections (GPT-2, GPT-J).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mlp_bias: bool,
+    /// Bias on the attention output projection (GPT-2).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attn_out_bias: bool,
+    /// Attention and MLP read the same normalized input and are added to the residual stream
+    /// together: `h + attn(ln(h)) + mlp(ln(h))` (GPT-J; no second norm).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub parallel_block: bool,
+    /// Bias on the LM head (GPT-J).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lm_head_bias: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -171,11 +266,21 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return bad(format!(
-                "head width {} must be positive and even (rotary pairs)",
-                self.head_dim
-            ));
+        if self.head_dim == 0 {
+            return bad("head width must be positive".into());
+        }
+        if self.position_kind == PositionKind::Learned {
+            if self.max_positions == 0 {
+                return bad("learned positions need a positive number of positions".into());
+            }
+        } else {
+            let r = self.rotary_width();
+            if r == 0 || r % 2 != 0 || r > self.head_dim {
+                return bad(format!(
+                    "rotary width {r} must be positive, even (rotary pairs) and at most the head width {}",
+                    self.head_dim
+                ));
+            }
         }
         if !(self.rms_eps > 0.0 && self.rms_eps.is_finite()) {
             return bad(format!("rms_eps {} must be positive", self.rms_eps));
@@ -208,6 +313,14 @@ impl ModelConfig {
             return bad("sliding layers are marked but no sliding_window is set".into());
         }
         Ok(())
+    }
+
+    /// How many values of each head the rotary embedding turns: [`rotary_dim`] or the whole
+    /// head.
+    ///
+    /// [`rotary_dim`]: ModelConfig::rotary_dim
+    pub fn rotary_width(&self) -> usize {
+        self.rotary_dim.unwrap_or(self.head_dim)
     }
 
     /// Whether layer `layer` attends within [`sliding_window`](ModelConfig::sliding_window).
@@ -301,6 +414,14 @@ impl ModelConfig {
             sliding_layers: Vec::new(),
             rope_theta_local: None,
             final_logit_softcap: None,
+            norm: NormKind::Rms,
+            position_kind: PositionKind::Rotary,
+            rotary_dim: None,
+            mlp: MlpKind::Gated,
+            mlp_bias: false,
+            attn_out_bias: false,
+            parallel_block: false,
+            lm_head_bias: false,
         }
     }
 
@@ -380,6 +501,7 @@ impl ModelConfig {
             // Not stored in the file: llama.cpp and transformers both fix it at 10,000.
             rope_theta_local: Some(10_000.0),
             final_logit_softcap: softcap,
+            ..Self::llama_defaults()
         };
         cfg.validate()?;
         Ok(cfg)
@@ -389,7 +511,9 @@ impl ModelConfig {
     ///
     /// # Errors
     /// [`ModelError::UnsupportedArchitecture`] for any other model type (Gemma 3 loads from
-    /// GGUF only for now); [`ModelError::Config`] for malformed or unsupported settings.
+    /// GGUF only for now); [`ModelError::UnsupportedSetting`] for a GPT-2 or GPT-J setting that
+    /// is not implemented (another activation, GPT-2's layer-scaled or reordered attention,
+    /// cross-attention); [`ModelError::Config`] for malformed or unsupported settings.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         #[derive(Deserialize)]
         struct Hf {
@@ -424,6 +548,11 @@ impl ModelConfig {
                 format: "config.json",
                 supported: SUPPORTED_HF_MODEL_TYPES.join(", "),
             });
+        }
+        match model_type.as_str() {
+            "gpt2" => return Self::gpt2_from_hf(&raw),
+            "gptj" => return Self::gptj_from_hf(&raw),
+            _ => {}
         }
         let hf: Hf = serde_json::from_value(raw)
             .map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
@@ -486,6 +615,187 @@ impl ModelConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+
+    /// GPT-2 from its `config.json` (transformers' field names, with their defaults for absent
+    /// fields); see `docs/design/gpt2-gptj.md`.
+    fn gpt2_from_hf(raw: &serde_json::Value) -> Result<Self> {
+        let f = HfFields { raw, arch: "gpt2" };
+        for field in [
+            "scale_attn_by_inverse_layer_idx",
+            "reorder_and_upcast_attn",
+            "add_cross_attention",
+        ] {
+            f.refuse_true(field)?;
+        }
+        let (d_model, n_heads, head_dim) = f.width_and_heads()?;
+        let cfg = ModelConfig {
+            family: Family::Gpt2,
+            arch_name: "gpt2".into(),
+            vocab_size: f.need_usize(&["vocab_size"])?,
+            d_model,
+            d_ff: f.usize(&["n_inner"])?.unwrap_or(4 * d_model),
+            n_layers: f.need_usize(&["n_layer", "num_hidden_layers"])?,
+            n_heads,
+            n_kv_heads: n_heads,
+            head_dim,
+            rms_eps: f.f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+            // No rotary embedding; a valid value all the same.
+            rope_theta: 10_000.0,
+            max_positions: f
+                .usize(&["n_positions", "max_position_embeddings"])?
+                .unwrap_or(1024),
+            tied_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(true),
+            qkv_bias: true,
+            activation: f.activation()?,
+            // `scale_attn_weights = false`: raw dot products.
+            attn_scale: (!f.bool("scale_attn_weights")?.unwrap_or(true)).then_some(1.0),
+            norm: NormKind::Layer,
+            position_kind: PositionKind::Learned,
+            mlp: MlpKind::Plain,
+            mlp_bias: true,
+            attn_out_bias: true,
+            ..Self::llama_defaults()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// GPT-J from its `config.json`; see `docs/design/gpt2-gptj.md`.
+    fn gptj_from_hf(raw: &serde_json::Value) -> Result<Self> {
+        let f = HfFields { raw, arch: "gptj" };
+        let (d_model, n_heads, head_dim) = f.width_and_heads()?;
+        // transformers' default when the field is absent is 64; an explicit null turns the
+        // whole head.
+        let rotary_dim = match raw.get("rotary_dim") {
+            None => Some(64),
+            Some(serde_json::Value::Null) => None,
+            Some(_) => f.usize(&["rotary_dim"])?,
+        };
+        let cfg = ModelConfig {
+            family: Family::Gptj,
+            arch_name: "gptj".into(),
+            vocab_size: f.need_usize(&["vocab_size"])?,
+            d_model,
+            d_ff: f.usize(&["n_inner"])?.unwrap_or(4 * d_model),
+            n_layers: f.need_usize(&["n_layer", "num_hidden_layers"])?,
+            n_heads,
+            n_kv_heads: n_heads,
+            head_dim,
+            rms_eps: f.f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+            rope_theta: 10_000.0,
+            max_positions: f
+                .usize(&["n_positions", "max_position_embeddings"])?
+                .unwrap_or(2048),
+            tied_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(false),
+            qkv_bias: false,
+            activation: f.activation()?,
+            norm: NormKind::Layer,
+            position_kind: PositionKind::RotaryInterleaved,
+            rotary_dim,
+            mlp: MlpKind::Plain,
+            mlp_bias: true,
+            parallel_block: true,
+            lm_head_bias: true,
+            ..Self::llama_defaults()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Fields of a GPT-2 / GPT-J `config.json`, read by hand: transformers accepts the generic names
+/// (`hidden_size`, ...) as aliases of the GPT ones, and a null means "absent".
+struct HfFields<'a> {
+    raw: &'a serde_json::Value,
+    arch: &'static str,
+}
+
+impl<'a> HfFields<'a> {
+    fn get<'n>(&self, names: &[&'n str]) -> Option<(&'n str, &'a serde_json::Value)> {
+        names
+            .iter()
+            .find_map(|&n| self.raw.get(n).filter(|v| !v.is_null()).map(|v| (n, v)))
+    }
+
+    fn bad(name: &str, v: &serde_json::Value, want: &str) -> ModelError {
+        ModelError::Config(format!("config.json: {name} is {v}, expected {want}"))
+    }
+
+    fn usize(&self, names: &[&str]) -> Result<Option<usize>> {
+        self.get(names)
+            .map(|(n, v)| {
+                v.as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| Self::bad(n, v, "a non-negative integer"))
+            })
+            .transpose()
+    }
+
+    fn need_usize(&self, names: &[&str]) -> Result<usize> {
+        self.usize(names)?.ok_or_else(|| {
+            ModelError::Config(format!(
+                "config.json ({}): missing field `{}`",
+                self.arch, names[0]
+            ))
+        })
+    }
+
+    fn f64(&self, name: &str) -> Result<Option<f64>> {
+        self.get(&[name])
+            .map(|(n, v)| v.as_f64().ok_or_else(|| Self::bad(n, v, "a number")))
+            .transpose()
+    }
+
+    fn bool(&self, name: &str) -> Result<Option<bool>> {
+        self.get(&[name])
+            .map(|(n, v)| v.as_bool().ok_or_else(|| Self::bad(n, v, "true or false")))
+            .transpose()
+    }
+
+    /// An error when the flag is set: the setting is not implemented.
+    fn refuse_true(&self, name: &str) -> Result<()> {
+        if self.bool(name)? == Some(true) {
+            return Err(ModelError::UnsupportedSetting {
+                arch: self.arch.into(),
+                field: name.into(),
+                value: "true".into(),
+                supported: "false".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `activation_function` (default `gelu_new`).
+    fn activation(&self) -> Result<Activation> {
+        let name = "activation_function";
+        let act = match self.get(&[name]) {
+            None => "gelu_new",
+            Some((n, v)) => v.as_str().ok_or_else(|| Self::bad(n, v, "a string"))?,
+        };
+        if SUPPORTED_GPT_ACTIVATIONS.contains(&act) {
+            Ok(Activation::GeluTanh)
+        } else {
+            Err(ModelError::UnsupportedSetting {
+                arch: self.arch.into(),
+                field: name.into(),
+                value: format!("{act:?}"),
+                supported: SUPPORTED_GPT_ACTIVATIONS.join(", "),
+            })
+        }
+    }
+
+    /// `(n_embd, n_head, n_embd / n_head)`; the heads must divide the width.
+    fn width_and_heads(&self) -> Result<(usize, usize, usize)> {
+        let d = self.need_usize(&["n_embd", "hidden_size"])?;
+        let h = self.need_usize(&["n_head", "num_attention_heads"])?;
+        if h == 0 || d % h != 0 {
+            return Err(ModelError::Config(format!(
+                "{}: n_embd {d} is not divisible into {h} heads",
+                self.arch
+            )));
+        }
+        Ok((d, h, d / h))
+    }
 }
 
 #[cfg(test)]
@@ -546,9 +856,156 @@ mod tests {
         assert!(msg.contains("\"mamba\"") && msg.contains("gemma3"), "{msg}");
         let e = ModelConfig::from_hf_json(r#"{"model_type": "gemma3_text"}"#).unwrap_err();
         assert!(
-            matches!(&e, ModelError::UnsupportedArchitecture { name, .. } if name == "gemma3_text"),
+            matches!(&e, ModelError::UnsupportedArchitecture { name, supported, .. }
+                if name == "gemma3_text" && supported == "llama, mistral, qwen2, gpt2, gptj"),
             "{e:?}"
         );
+    }
+
+    const GPT2: &str = r#"{"model_type": "gpt2", "vocab_size": 50257, "n_embd": 768,
+        "n_head": 12, "n_layer": 12, "n_positions": 1024, "n_inner": null,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05,
+        "scale_attn_weights": true, "scale_attn_by_inverse_layer_idx": false,
+        "reorder_and_upcast_attn": false, "n_ctx": 1024}"#;
+
+    fn with(base: &str, key: &str, value: serde_json::Value) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(base).unwrap();
+        match value {
+            serde_json::Value::Null if key.starts_with('-') => {
+                v.as_object_mut().unwrap().remove(&key[1..]);
+            }
+            value => v[key] = value,
+        }
+        v.to_string()
+    }
+
+    #[test]
+    fn gpt2_config() {
+        let c = ModelConfig::from_hf_json(GPT2).unwrap();
+        assert_eq!(c.family, Family::Gpt2);
+        assert_eq!(
+            (
+                c.d_model,
+                c.d_ff,
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                c.n_layers
+            ),
+            (768, 3072, 12, 12, 64, 12)
+        );
+        assert_eq!((c.max_positions, c.rms_eps), (1024, 1e-5));
+        assert_eq!(c.position_kind, PositionKind::Learned);
+        assert_eq!(
+            (c.norm, c.mlp, c.activation),
+            (NormKind::Layer, MlpKind::Plain, Activation::GeluTanh)
+        );
+        assert!(c.tied_embeddings && c.qkv_bias && c.attn_out_bias && c.mlp_bias);
+        assert!(!c.parallel_block && !c.lm_head_bias && c.attn_scale.is_none());
+        // Absent fields take transformers' defaults; n_inner and the aliases are read.
+        let minimal = r#"{"model_type": "gpt2", "vocab_size": 10, "hidden_size": 8,
+            "num_attention_heads": 2, "num_hidden_layers": 1, "n_inner": 20}"#;
+        let c = ModelConfig::from_hf_json(minimal).unwrap();
+        assert_eq!(
+            (c.d_model, c.n_heads, c.d_ff, c.max_positions),
+            (8, 2, 20, 1024)
+        );
+        assert!(c.tied_embeddings);
+        let c = ModelConfig::from_hf_json(&with(GPT2, "scale_attn_weights", false.into())).unwrap();
+        assert_eq!(c.attn_scale, Some(1.0));
+        let c =
+            ModelConfig::from_hf_json(&with(GPT2, "tie_word_embeddings", false.into())).unwrap();
+        assert!(!c.tied_embeddings);
+        let c = ModelConfig::from_hf_json(&with(
+            GPT2,
+            "activation_function",
+            "gelu_pytorch_tanh".into(),
+        ))
+        .unwrap();
+        assert_eq!(c.activation, Activation::GeluTanh);
+    }
+
+    #[test]
+    fn gpt2_config_errors() {
+        for (key, value) in [
+            ("activation_function", serde_json::json!("relu")),
+            ("scale_attn_by_inverse_layer_idx", true.into()),
+            ("reorder_and_upcast_attn", true.into()),
+            ("add_cross_attention", true.into()),
+        ] {
+            let e = ModelConfig::from_hf_json(&with(GPT2, key, value)).unwrap_err();
+            assert!(
+                matches!(&e, ModelError::UnsupportedSetting { arch, field, .. } if arch == "gpt2" && field == key),
+                "{key}: {e:?}"
+            );
+            assert!(e.to_string().contains(key), "{e}");
+        }
+        let e = ModelConfig::from_hf_json(&with(GPT2, "n_head", 7.into())).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::Config(m) if m.contains("divisible")),
+            "{e:?}"
+        );
+        let e =
+            ModelConfig::from_hf_json(&with(GPT2, "-n_embd", serde_json::Value::Null)).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::Config(m) if m.contains("n_embd")),
+            "{e:?}"
+        );
+        let e = ModelConfig::from_hf_json(&with(GPT2, "n_layer", "12".into())).unwrap_err();
+        assert!(
+            matches!(&e, ModelError::Config(m) if m.contains("n_layer")),
+            "{e:?}"
+        );
+        let e = ModelConfig::from_hf_json(&with(GPT2, "n_positions", 0.into())).unwrap_err();
+        assert!(matches!(&e, ModelError::Config(_)), "{e:?}");
+    }
+
+    const GPTJ: &str = r#"{"model_type": "gptj", "vocab_size": 50400, "n_embd": 4096,
+        "n_head": 16, "n_layer": 28, "n_positions": 2048, "rotary_dim": 64, "n_inner": null,
+        "activation_function": "gelu_new", "layer_norm_epsilon": 1e-05,
+        "tie_word_embeddings": false}"#;
+
+    #[test]
+    fn gptj_config() {
+        let c = ModelConfig::from_hf_json(GPTJ).unwrap();
+        assert_eq!(c.family, Family::Gptj);
+        assert_eq!((c.d_model, c.d_ff, c.head_dim), (4096, 16384, 256));
+        assert_eq!((c.rotary_dim, c.rotary_width()), (Some(64), 64));
+        assert_eq!(c.position_kind, PositionKind::RotaryInterleaved);
+        assert_eq!(c.rope_theta, 10_000.0);
+        assert!(c.parallel_block && c.lm_head_bias && c.mlp_bias && !c.tied_embeddings);
+        assert!(!c.qkv_bias && !c.attn_out_bias);
+        // null: the whole head; absent: transformers' default 64.
+        let c =
+            ModelConfig::from_hf_json(&with(GPTJ, "rotary_dim", serde_json::Value::Null)).unwrap();
+        assert_eq!((c.rotary_dim, c.rotary_width()), (None, 256));
+        let c =
+            ModelConfig::from_hf_json(&with(GPTJ, "-rotary_dim", serde_json::Value::Null)).unwrap();
+        assert_eq!(c.rotary_dim, Some(64));
+        for bad in [0, 7, 258] {
+            let e = ModelConfig::from_hf_json(&with(GPTJ, "rotary_dim", bad.into())).unwrap_err();
+            assert!(
+                matches!(&e, ModelError::Config(m) if m.contains("rotary")),
+                "{bad}: {e:?}"
+            );
+        }
+        let e = ModelConfig::from_hf_json(&with(GPTJ, "activation_function", "gelu".into()))
+            .unwrap_err();
+        assert!(
+            matches!(&e, ModelError::UnsupportedSetting { arch, .. } if arch == "gptj"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn gpt_configs_round_trip_through_serde() {
+        for text in [GPT2, GPTJ] {
+            let c = ModelConfig::from_hf_json(text).unwrap();
+            let v = serde_json::to_value(&c).unwrap();
+            let back: ModelConfig = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(back, c);
+            assert!(v.get("norm").is_some() && v.get("mlp").is_some(), "{v}");
+        }
     }
 
     #[test]

@@ -44,6 +44,19 @@ pub enum ModelError {
         /// The architectures that are supported from that format, comma-separated.
         supported: String,
     },
+    /// The configuration asks for a variant of a supported architecture that is not
+    /// implemented (e.g. a GPT-2 `activation_function` other than `gelu_new`).
+    #[error("{arch} setting {field} = {value} is not supported (supported: {supported})")]
+    UnsupportedSetting {
+        /// The architecture (`config.json` model type).
+        arch: String,
+        /// The configuration field.
+        field: String,
+        /// Its value, as JSON.
+        value: String,
+        /// The values that are supported, comma-separated.
+        supported: String,
+    },
     /// A weight the architecture needs is not in the checkpoint.
     #[error("tensor {name} is missing from {source_desc}")]
     MissingTensor {

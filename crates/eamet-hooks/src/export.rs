@@ -498,7 +498,8 @@ fn norm(v: impl Iterator<Item = f64>) -> f64 {
 /// known, `eamet.patch.sha256` (the patch file's bytes).
 ///
 /// # Errors
-/// The model was not loaded from GGUF or has no edits; the edited type cannot encode the
+/// A GPT-2 or GPT-J model ([`ExportError::Unsupported`], naming the family: no GGUF writer for
+/// them); the model was not loaded from GGUF or has no edits; the edited type cannot encode the
 /// tensor; [`write_gguf`]'s errors.
 pub fn save_gguf(
     model: &LlamaModel,
@@ -507,6 +508,13 @@ pub fn save_gguf(
     meta: &EditMetadata,
     opts: &OutputOptions,
 ) -> Result<GgufExportReport> {
+    let cfg = model.config();
+    if matches!(cfg.family, Family::Gpt2 | Family::Gptj) {
+        return Err(export_err(ExportError::Unsupported(format!(
+            "GGUF export is not implemented for {:?} ({}) models",
+            cfg.family, cfg.arch_name
+        ))));
+    }
     let ModelSource::Gguf(src_path) = model.source() else {
         return Err(export_err(ExportError::Unsupported(
             "GGUF export needs a model loaded from a GGUF file (this one is a Hugging Face directory: export a safetensors directory instead)".into(),
@@ -745,9 +753,11 @@ const STALE_WEIGHTS: &[&str] = &["bin", "pt", "pth", "ckpt", "h5", "msgpack", "o
 ///   `tokenizer.json`, `tokenizer_config.json` and `generation_config.json`.
 ///
 /// # Errors
-/// A protected or existing output; `dtype` given for a Hugging Face input; a Gemma 3 model
-/// (no Gemma safetensors writer yet: it needs transformers' Gemma config and norm weights
-/// minus one); I/O and safetensors errors naming the file.
+/// A protected or existing output; `dtype` given for a Hugging Face input; a model outside
+/// the Llama family ([`ExportError::Unsupported`] naming the family: no Gemma 3 writer yet, it
+/// needs transformers' Gemma config and norm weights minus one; none for GPT-2 or GPT-J, whose
+/// edited `c_proj` / `fc_out` would have to be written in their own layout); I/O and
+/// safetensors errors naming the file.
 pub fn save_safetensors_dir(
     model: &LlamaModel,
     out: &Path,
@@ -883,7 +893,7 @@ fn llama_family_only(model: &LlamaModel) -> Result<()> {
 /// The transformers `config.json` of a Llama-family model, from our configuration.
 ///
 /// # Errors
-/// [`ExportError::Unsupported`] for a model outside the Llama family (Gemma 3).
+/// [`ExportError::Unsupported`] for a model outside the Llama family (Gemma 3, GPT-2, GPT-J).
 pub fn hf_config_json(model: &LlamaModel, dtype: StDtype) -> Result<serde_json::Value> {
     llama_family_only(model)?;
     let cfg = model.config();

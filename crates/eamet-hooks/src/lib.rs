@@ -16,8 +16,8 @@
 //! - [`runtime`]: a check that libtorch is linked and computes (including autograd).
 //!
 //! - [`llama`]: the Llama family (Llama 2, Mistral, Qwen2, SmolLM2) from GGUF or Hugging Face
-//!   safetensors, and Gemma 3 from GGUF, with the hookable forward ([`EditableLm`]) and
-//!   generation.
+//!   safetensors, Gemma 3 from GGUF, and GPT-2 and GPT-J from Hugging Face safetensors, with
+//!   the hookable forward ([`EditableLm`]) and generation.
 //! - [`patch`]: an edit's `W_out` deltas as a file, applicable to the same base model.
 //! - [`atomic`]: atomic outputs (temporary file beside the destination, then a rename).
 //! - [`export`]: the edited model as GGUF (llama.cpp) or as a safetensors directory

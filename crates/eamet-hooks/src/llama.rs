@@ -1,5 +1,5 @@
-//! The Llama family (Llama 2, Mistral, Qwen2/2.5, DeepSeek-LLM, SmolLM2) and Gemma 3 on
-//! libtorch, f32.
+//! The Llama family (Llama 2, Mistral, Qwen2/2.5, DeepSeek-LLM, SmolLM2), Gemma 3, GPT-2 and
+//! GPT-J on libtorch, f32.
 //!
 //! RMSNorm, rotary embeddings (Hugging Face's half-split convention), grouped-query attention,
 //! SwiGLU MLP, tied or untied LM head, optional q/k/v biases (Qwen2). Loads GGUF files (any
@@ -12,8 +12,16 @@
 //! weights already hold Gemma's `1 + w`, so every norm is the same plain RMSNorm. The hooks are
 //! where they are for Llama: [`Site::MlpKey`] is the input of `ffn_down` (`W_out`), edits and
 //! [`Site::MlpOut`] are at its output, *before* the post-MLP norm.
+//!
+//! GPT-2 and GPT-J (Hugging Face safetensors) run on the same code too, per [`ModelConfig`]:
+//! LayerNorm with bias, a plain MLP with biases (`key = gelu(W_up x + b_up)`), learned absolute
+//! positions and fused, biased q/k/v (GPT-2, whose `Conv1D` weights are transposed at load), or
+//! rotary embeddings on the first `rotary_dim` values of each head with adjacent pairs rotated,
+//! attention and MLP in parallel on one norm, and an LM head with a bias (GPT-J).
+//! [`Site::MlpKey`] is the input of `c_proj` / `fc_out` (after the GELU); [`Site::MlpOut`] and
+//! edits are at its output *with* its bias added. See `docs/design/gpt2-gptj.md`.
 
-use crate::config::{Activation, Family, ModelConfig};
+use crate::config::{Activation, Family, ModelConfig, NormKind, PositionKind};
 use crate::error::{io_err, ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{
@@ -57,8 +65,23 @@ impl ModelSource {
     }
 }
 
+mod gpt;
+
+/// A norm's weight, and its bias (LayerNorm).
+struct Norm {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Norm {
+    fn rms(w: Tensor) -> Self {
+        Norm { w, b: None }
+    }
+}
+
+/// One transformer block; every weight in `nn.Linear` orientation (`[out, in]`).
 struct Block {
-    attn_norm: Tensor,
+    attn_norm: Norm,
     wq: Tensor,
     wk: Tensor,
     wv: Tensor,
@@ -66,29 +89,42 @@ struct Block {
     bk: Option<Tensor>,
     bv: Option<Tensor>,
     wo: Tensor,
+    /// Bias of the attention output projection (GPT-2).
+    bo: Option<Tensor>,
     /// Per-head RMSNorm weights of queries and keys (`[head_dim]`), if the model has them.
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
     /// RMSNorm on the attention output before the residual add (Gemma).
     post_attn_norm: Option<Tensor>,
-    /// The norm in front of the MLP.
-    mlp_norm: Tensor,
-    w_gate: Tensor,
+    /// The norm in front of the MLP; `None` in a parallel block (the MLP reads the attention's
+    /// normalized input).
+    mlp_norm: Option<Norm>,
+    /// Gate of a gated MLP; `None` for a plain one.
+    w_gate: Option<Tensor>,
+    /// `[d_ff, d_model]` (GPT-2's `c_fc`, GPT-J's `fc_in`).
     w_up: Tensor,
+    b_up: Option<Tensor>,
     /// `[d_model, d_ff]`: already key→residual.
     w_down: Tensor,
+    /// Bias of `W_out` (GPT-2, GPT-J): part of the MLP output, never edited.
+    b_down: Option<Tensor>,
     /// RMSNorm on the MLP output before the residual add (Gemma).
     post_mlp_norm: Option<Tensor>,
 }
 
-/// A Llama-family causal LM with editing hooks.
+/// A causal LM with editing hooks: the Llama family, Gemma 3, GPT-2 or GPT-J (one
+/// implementation; the architecture's departures from Llama are switches of its
+/// [`ModelConfig`]).
 pub struct LlamaModel {
     cfg: ModelConfig,
     tok: Tokenizer,
     embed: Tensor,
+    /// Learned absolute position embeddings `[max_positions, d_model]` (GPT-2).
+    pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
-    norm: Tensor,
+    norm: Norm,
     lm_head: Option<Tensor>,
+    lm_head_bias: Option<Tensor>,
     inv_freq: Tensor,
     /// Rotary frequencies of the sliding-window layers, when their base differs.
     inv_freq_local: Option<Tensor>,
@@ -113,6 +149,18 @@ impl std::fmt::Debug for LlamaModel {
 trait TensorSource {
     fn describe(&self) -> String;
     fn get(&self, name: &str) -> Result<Option<Tensor>>;
+    /// Whether the checkpoint holds `name` (without reading it).
+    fn has(&self, name: &str) -> bool;
+}
+
+/// The weights of a model, as a family's loader reads them.
+struct Weights {
+    embed: Tensor,
+    pos_embed: Option<Tensor>,
+    blocks: Vec<Block>,
+    norm: Norm,
+    lm_head: Option<Tensor>,
+    lm_head_bias: Option<Tensor>,
 }
 
 fn expect_shape(name: &str, t: &Tensor, expected: &[i64]) -> Result<()> {
@@ -166,6 +214,8 @@ impl GgufTensors<'_> {
             let g = match self.family {
                 Family::Llama => Self::llama_part(part),
                 Family::Gemma3 => Self::gemma3_part(part),
+                // Not read from GGUF (ModelConfig::from_gguf refuses them).
+                Family::Gpt2 | Family::Gptj => part,
             };
             return format!("blk.{i}.{g}");
         }
@@ -218,6 +268,10 @@ impl GgufTensors<'_> {
 impl TensorSource for GgufTensors<'_> {
     fn describe(&self) -> String {
         format!("GGUF file {}", self.path.display())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.file.tensor(&self.gguf_name(name)).is_some()
     }
 
     fn get(&self, name: &str) -> Result<Option<Tensor>> {
@@ -341,6 +395,10 @@ impl TensorSource for SafetensorsDir {
         format!("safetensors checkpoint {}", self.dir.display())
     }
 
+    fn has(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
     fn get(&self, name: &str) -> Result<Option<Tensor>> {
         let Some(file) = self.index.get(name) else {
             return Ok(None);
@@ -391,6 +449,13 @@ struct Rope {
     local: Option<(Tensor, Tensor)>,
 }
 
+/// What the MLP's output is added to: the residual stream after attention, or (parallel
+/// block) the block's input and the attention output, still apart.
+enum Mid {
+    Serial(Tensor),
+    Parallel(Tensor, Tensor),
+}
+
 /// Attention masks of one pass (`[B, 1, Tq, S]`, true = attend): causal with padding keys off,
 /// and the same restricted to the sliding window when some layer uses one and it hides a key.
 struct Masks {
@@ -403,6 +468,15 @@ fn rotate_half(x: &Tensor) -> Tensor {
     let x1 = x.narrow(3, 0, half);
     let x2 = x.narrow(3, half, half);
     Tensor::cat(&[x2.neg(), x1], 3)
+}
+
+/// GPT-J's pairing: `(x0, x1, x2, x3, …) -> (-x1, x0, -x3, x2, …)` over the last dimension of a
+/// `[B, H, T, r]` tensor.
+fn rotate_every_two(x: &Tensor) -> Tensor {
+    let s = x.size();
+    let pairs = x.reshape([s[0], s[1], s[2], s[3] / 2, 2]);
+    let (even, odd) = (pairs.select(4, 0), pairs.select(4, 1));
+    Tensor::stack(&[odd.neg(), even], 4).reshape([s[0], s[1], s[2], s[3]])
 }
 
 /// The real (non-padding) slots of a `[B, T]` region, for running the position-wise layers
@@ -497,6 +571,12 @@ impl LlamaModel {
 
     /// Load a Hugging Face checkpoint directory: `config.json`, `tokenizer.json`, and
     /// `model.safetensors` or sharded `*.safetensors` with `model.safetensors.index.json`.
+    /// Model types: [`SUPPORTED_HF_MODEL_TYPES`](crate::config::SUPPORTED_HF_MODEL_TYPES)
+    /// (Llama, Mistral, Qwen2, GPT-2, GPT-J).
+    ///
+    /// # Errors
+    /// The configuration's errors ([`ModelConfig::from_hf_json`]); tokenizer, safetensors,
+    /// [`ModelError::MissingTensor`] (naming the tensor) and shape errors.
     pub fn from_hf_dir(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg_path = dir.join("config.json");
@@ -533,12 +613,6 @@ impl LlamaModel {
         device: Device,
     ) -> Result<Self> {
         let _guard = tch::no_grad_guard();
-        let (v, d, f) = (cfg.vocab_size as i64, cfg.d_model as i64, cfg.d_ff as i64);
-        let (nh, nkv, hd) = (
-            cfg.n_heads as i64,
-            cfg.n_kv_heads as i64,
-            cfg.head_dim as i64,
-        );
         if tok.vocab_size() > cfg.vocab_size {
             return Err(ModelError::Config(format!(
                 "the tokenizer has {} tokens but the model only {} embeddings",
@@ -546,6 +620,50 @@ impl LlamaModel {
                 cfg.vocab_size
             )));
         }
+        let w = match cfg.family {
+            Family::Llama | Family::Gemma3 => Self::load_llama(&cfg, src, device)?,
+            Family::Gpt2 => gpt::load_gpt2(&cfg, src, device)?,
+            Family::Gptj => gpt::load_gptj(&cfg, src, device)?,
+        };
+        // Frequencies over the rotary part of a head (the whole head but for GPT-J).
+        let rd = cfg.rotary_width() as i64;
+        let inv_freq = |theta: f64| -> Tensor {
+            let v: Vec<f32> = (0..rd / 2)
+                .map(|i| (1.0 / theta.powf((2 * i) as f64 / rd as f64)) as f32)
+                .collect();
+            Tensor::from_slice(&v).to_device(device)
+        };
+        let inv_freq_local = cfg
+            .rope_theta_local
+            .filter(|&t| t != cfg.rope_theta && cfg.sliding_layers.iter().any(|&s| s))
+            .map(inv_freq);
+        let inv_freq = inv_freq(cfg.rope_theta);
+        Ok(LlamaModel {
+            cfg,
+            tok,
+            embed: w.embed,
+            pos_embed: w.pos_embed,
+            blocks: w.blocks,
+            norm: w.norm,
+            lm_head: w.lm_head,
+            lm_head_bias: w.lm_head_bias,
+            inv_freq,
+            inv_freq_local,
+            originals: HashMap::new(),
+            source,
+            sha256: std::sync::OnceLock::new(),
+            device,
+        })
+    }
+
+    /// Llama-family and Gemma 3 weights under their Hugging Face names.
+    fn load_llama(cfg: &ModelConfig, src: &dyn TensorSource, device: Device) -> Result<Weights> {
+        let (v, d, f) = (cfg.vocab_size as i64, cfg.d_model as i64, cfg.d_ff as i64);
+        let (nh, nkv, hd) = (
+            cfg.n_heads as i64,
+            cfg.n_kv_heads as i64,
+            cfg.head_dim as i64,
+        );
         let dev = |t: Tensor| t.to_device(device);
         let embed = dev(require(src, "model.embed_tokens.weight", &[v, d])?);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -584,7 +702,7 @@ impl LlamaModel {
                 (None, "post_attention_layernorm.weight", None)
             };
             blocks.push(Block {
-                attn_norm: dev(require(src, &n("input_layernorm.weight"), &[d])?),
+                attn_norm: Norm::rms(dev(require(src, &n("input_layernorm.weight"), &[d])?)),
                 wq: dev(require(src, &n("self_attn.q_proj.weight"), &[nh * hd, d])?),
                 wk: dev(require(src, &n("self_attn.k_proj.weight"), &[nkv * hd, d])?),
                 wv: dev(require(src, &n("self_attn.v_proj.weight"), &[nkv * hd, d])?),
@@ -592,46 +710,32 @@ impl LlamaModel {
                 bk: bias("self_attn.k_proj.bias", nkv * hd)?,
                 bv: bias("self_attn.v_proj.bias", nkv * hd)?,
                 wo: dev(require(src, &n("self_attn.o_proj.weight"), &[d, nh * hd])?),
+                bo: None,
                 q_norm,
                 k_norm,
                 post_attn_norm,
-                mlp_norm: dev(require(src, &n(mlp_norm_name), &[d])?),
-                w_gate: dev(require(src, &n("mlp.gate_proj.weight"), &[f, d])?),
+                mlp_norm: Some(Norm::rms(dev(require(src, &n(mlp_norm_name), &[d])?))),
+                w_gate: Some(dev(require(src, &n("mlp.gate_proj.weight"), &[f, d])?)),
                 w_up: dev(require(src, &n("mlp.up_proj.weight"), &[f, d])?),
+                b_up: None,
                 w_down: dev(require(src, &n("mlp.down_proj.weight"), &[d, f])?),
+                b_down: None,
                 post_mlp_norm,
             });
         }
-        let norm = dev(require(src, "model.norm.weight", &[d])?);
+        let norm = Norm::rms(dev(require(src, "model.norm.weight", &[d])?));
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
             Some(dev(require(src, "lm_head.weight", &[v, d])?))
         };
-        let inv_freq = |theta: f64| -> Tensor {
-            let v: Vec<f32> = (0..hd / 2)
-                .map(|i| (1.0 / theta.powf((2 * i) as f64 / hd as f64)) as f32)
-                .collect();
-            dev(Tensor::from_slice(&v))
-        };
-        let inv_freq_local = cfg
-            .rope_theta_local
-            .filter(|&t| t != cfg.rope_theta && cfg.sliding_layers.iter().any(|&s| s))
-            .map(inv_freq);
-        let inv_freq = inv_freq(cfg.rope_theta);
-        Ok(LlamaModel {
-            cfg,
-            tok,
+        Ok(Weights {
             embed,
+            pos_embed: None,
             blocks,
             norm,
             lm_head,
-            inv_freq,
-            inv_freq_local,
-            originals: HashMap::new(),
-            source,
-            sha256: std::sync::OnceLock::new(),
-            device,
+            lm_head_bias: None,
         })
     }
 
@@ -640,19 +744,27 @@ impl LlamaModel {
         &self.source
     }
 
-    /// Every weight under its Hugging Face name (Llama's, or Gemma 3's for Gemma), in f32 with
-    /// the current values (edits included), shallow views of the model's tensors. The LM head
-    /// appears only when it is not tied to the embedding. Q and K are in Hugging Face's rotary
-    /// layout (GGUF's permutation already undone at load). Gemma's norm tensors hold the
-    /// multiplier `1 + w` as the GGUF stores it, not transformers' `w`.
+    /// Every weight under its Hugging Face name (Llama's, or Gemma 3's for Gemma, GPT-2's or
+    /// GPT-J's as transformers' `…LMHeadModel`/`…ForCausalLM` saves them, `transformer.`
+    /// prefix included), in f32 with the current values (edits included), shallow views of the
+    /// model's tensors where the layout allows (GPT-2's `Conv1D` weights are transposed views,
+    /// its fused `c_attn` a new tensor). The LM head weight appears only when it is not tied to
+    /// the embedding. Q and K are in Hugging Face's rotary layout (GGUF's permutation already
+    /// undone at load). Gemma's norm tensors hold the multiplier `1 + w` as the GGUF stores it,
+    /// not transformers' `w`.
     pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        match self.cfg.family {
+            Family::Gpt2 => return gpt::gpt2_named(self),
+            Family::Gptj => return gpt::gptj_named(self),
+            Family::Llama | Family::Gemma3 => {}
+        }
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed.shallow_clone(),
         )];
         for (l, b) in self.blocks.iter().enumerate() {
             let n = |s: &str| format!("model.layers.{l}.{s}");
-            out.push((n("input_layernorm.weight"), b.attn_norm.shallow_clone()));
+            out.push((n("input_layernorm.weight"), b.attn_norm.w.shallow_clone()));
             out.push((n("self_attn.q_proj.weight"), b.wq.shallow_clone()));
             out.push((n("self_attn.k_proj.weight"), b.wk.shallow_clone()));
             out.push((n("self_attn.v_proj.weight"), b.wv.shallow_clone()));
@@ -666,27 +778,31 @@ impl LlamaModel {
                 out.push((n("self_attn.q_norm.weight"), q.shallow_clone()));
                 out.push((n("self_attn.k_norm.weight"), k.shallow_clone()));
             }
-            match &b.post_attn_norm {
-                Some(post) => {
-                    out.push((n("post_attention_layernorm.weight"), post.shallow_clone()));
-                    out.push((
-                        n("pre_feedforward_layernorm.weight"),
-                        b.mlp_norm.shallow_clone(),
-                    ));
+            if let Some(mlp_norm) = &b.mlp_norm {
+                match &b.post_attn_norm {
+                    Some(post) => {
+                        out.push((n("post_attention_layernorm.weight"), post.shallow_clone()));
+                        out.push((
+                            n("pre_feedforward_layernorm.weight"),
+                            mlp_norm.w.shallow_clone(),
+                        ));
+                    }
+                    None => out.push((
+                        n("post_attention_layernorm.weight"),
+                        mlp_norm.w.shallow_clone(),
+                    )),
                 }
-                None => out.push((
-                    n("post_attention_layernorm.weight"),
-                    b.mlp_norm.shallow_clone(),
-                )),
             }
-            out.push((n("mlp.gate_proj.weight"), b.w_gate.shallow_clone()));
+            if let Some(gate) = &b.w_gate {
+                out.push((n("mlp.gate_proj.weight"), gate.shallow_clone()));
+            }
             out.push((n("mlp.up_proj.weight"), b.w_up.shallow_clone()));
             out.push((n("mlp.down_proj.weight"), b.w_down.shallow_clone()));
             if let Some(post) = &b.post_mlp_norm {
                 out.push((n("post_feedforward_layernorm.weight"), post.shallow_clone()));
             }
         }
-        out.push(("model.norm.weight".to_string(), self.norm.shallow_clone()));
+        out.push(("model.norm.weight".to_string(), self.norm.w.shallow_clone()));
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), h.shallow_clone()));
         }
@@ -708,37 +824,95 @@ impl LlamaModel {
     }
 
     /// Token embeddings of `ids`, times the embedding scale if the model has one (in f32, as
-    /// transformers applies it).
-    fn embed(&self, ids: &Tensor) -> Tensor {
+    /// transformers applies it), plus the learned embeddings of `positions` (same shape as
+    /// `ids`) if the model has them.
+    ///
+    /// # Errors
+    /// [`ModelError::Request`] for a position beyond the learned ones.
+    fn embed(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let e = self.embed.embedding_like(ids);
-        match self.cfg.embed_scale {
+        let e = match self.cfg.embed_scale {
             // The scale rounded to f32 first: the product is the f32 one.
             Some(scale) => e * f64::from(scale as f32),
             None => e,
+        };
+        let Some(wpe) = &self.pos_embed else {
+            return Ok(e);
+        };
+        let top = positions.max().int64_value(&[]);
+        if top < 0 || top as usize >= self.cfg.max_positions {
+            return Err(ModelError::Request(format!(
+                "position {top} is beyond the model's {} learned positions",
+                self.cfg.max_positions
+            )));
+        }
+        Ok(e + wpe.embedding_like(positions))
+    }
+
+    /// The norm of a block or the final one: RMSNorm or LayerNorm, per the configuration.
+    fn normalize(&self, x: &Tensor, n: &Norm) -> Tensor {
+        match self.cfg.norm {
+            NormKind::Rms => rms_norm(x, &n.w, self.cfg.rms_eps),
+            NormKind::Layer => x.layer_norm(
+                [self.cfg.d_model as i64],
+                Some(&n.w),
+                n.b.as_ref(),
+                self.cfg.rms_eps,
+                false,
+            ),
         }
     }
 
     /// Final norm, LM head (and soft cap, if any) on rows of hidden states: logits.
     fn logits(&self, h_sel: &Tensor) -> Tensor {
-        let logits =
-            rms_norm(h_sel, &self.norm, self.cfg.rms_eps).linear::<Tensor>(self.head(), None);
+        let logits = self
+            .normalize(h_sel, &self.norm)
+            .linear(self.head(), self.lm_head_bias.as_ref());
         match self.cfg.final_logit_softcap {
             Some(c) => (logits / c).tanh() * c,
             None => logits,
         }
     }
 
-    /// cos/sin for positions `[B, T]` -> `[B, 1, T, head_dim]`, per rotary base.
-    fn rope(&self, positions: &Tensor) -> Rope {
+    /// cos/sin for positions `[B, T]` -> `[B, 1, T, rotary width]`, per rotary base, each
+    /// frequency repeated as the pairing wants (two halves, or adjacent pairs); `None` for a
+    /// model without rotary embeddings.
+    fn rope(&self, positions: &Tensor) -> Option<Rope> {
+        let interleaved = match self.cfg.position_kind {
+            PositionKind::Learned => return None,
+            PositionKind::Rotary => false,
+            PositionKind::RotaryInterleaved => true,
+        };
         let table = |inv_freq: &Tensor| {
             let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]);
-            let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+            let emb = if interleaved {
+                Tensor::stack(&[&freqs, &freqs], -1).flatten(-2, -1)
+            } else {
+                Tensor::cat(&[&freqs, &freqs], -1)
+            }
+            .unsqueeze(1);
             (emb.cos(), emb.sin())
         };
-        Rope {
+        Some(Rope {
             global: table(&self.inv_freq),
             local: self.inv_freq_local.as_ref().map(table),
+        })
+    }
+
+    /// The rotary embedding of queries or keys `[B, H, T, head_dim]`, on the first
+    /// [`rotary_width`](ModelConfig::rotary_width) values of each head.
+    fn rotary(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let turn = |x: &Tensor| match self.cfg.position_kind {
+            PositionKind::RotaryInterleaved => rotate_every_two(x),
+            _ => rotate_half(x),
+        };
+        let (hd, rd) = (self.cfg.head_dim as i64, self.cfg.rotary_width() as i64);
+        if rd == hd {
+            return x * cos + turn(x) * sin;
         }
+        let r = x.narrow(3, 0, rd);
+        let turned = &r * cos + turn(&r) * sin;
+        Tensor::cat(&[turned, x.narrow(3, rd, hd - rd)], 3)
     }
 
     /// The attention masks of a pass whose queries are the last `tq` of the keys: `key_valid`
@@ -798,8 +972,7 @@ impl LlamaModel {
         &self,
         blk: &Block,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rot: Option<(&Tensor, &Tensor)>,
         mask: &Tensor,
         cache: Option<&mut (Tensor, Tensor)>,
         packed: Option<(&Packing, i64, i64)>,
@@ -831,8 +1004,10 @@ impl LlamaModel {
         let q = proj(&blk.wq, &blk.bq, nh, &blk.q_norm);
         let k = proj(&blk.wk, &blk.bk, nkv, &blk.k_norm);
         let v = proj(&blk.wv, &blk.bv, nkv, &None);
-        let q = &q * cos + rotate_half(&q) * sin;
-        let k = &k * cos + rotate_half(&k) * sin;
+        let (q, k) = match rot {
+            Some((cos, sin)) => (self.rotary(&q, cos, sin), self.rotary(&k, cos, sin)),
+            None => (q, k),
+        };
         let (k, v) = match cache {
             Some(c) => {
                 let k = if c.0.numel() == 0 {
@@ -865,7 +1040,7 @@ impl LlamaModel {
             Some((p, _, _)) => y.view([b * t, nh * hd]).index_select(0, &p.idx),
             None => y,
         };
-        y.linear::<Tensor>(&blk.wo, None)
+        y.linear(&blk.wo, blk.bo.as_ref())
     }
 
     /// Core pass over blocks `from..=to` with hooks; returns the final hidden states.
@@ -916,36 +1091,44 @@ impl LlamaModel {
             }
             let layer_cache = cache.as_deref_mut().map(|c| &mut c[l]);
             let sliding = self.cfg.is_sliding(l);
-            let (cos, sin) = match (&rope.local, sliding) {
-                (Some(local), true) => local,
-                _ => &rope.global,
-            };
+            let rot = rope.as_ref().map(|rope| {
+                let (cos, sin) = match (&rope.local, sliding) {
+                    (Some(local), true) => local,
+                    _ => &rope.global,
+                };
+                (cos, sin)
+            });
             let mask = match (&masks.sliding, sliding) {
                 (Some(m), true) => m,
                 _ => &masks.full,
             };
-            let a = self.attention(
-                blk,
-                &rms_norm(&h, &blk.attn_norm, self.cfg.rms_eps),
-                cos,
-                sin,
-                mask,
-                layer_cache,
-                pack.map(|p| (p, b, t)),
-            );
+            let x = self.normalize(&h, &blk.attn_norm);
+            let a = self.attention(blk, &x, rot, mask, layer_cache, pack.map(|p| (p, b, t)));
             let a = match &blk.post_attn_norm {
                 Some(w) => rms_norm(&a, w, self.cfg.rms_eps),
                 None => a,
             };
-            let h_mid = h + a;
-            let n = rms_norm(&h_mid, &blk.mlp_norm, self.cfg.rms_eps);
-            let gate = n.linear::<Tensor>(&blk.w_gate, None);
-            let gate = match self.cfg.activation {
-                Activation::Silu => gate.silu(),
-                Activation::GeluTanh => gate.gelu("tanh"),
+            // The MLP reads the norm of `h + a`, or in a parallel block (GPT-J) the attention's
+            // own normalized input, and its output joins the residual stream with `a`.
+            let (mid, n) = match &blk.mlp_norm {
+                Some(norm) => {
+                    let h_mid = h + a;
+                    let n = self.normalize(&h_mid, norm);
+                    (Mid::Serial(h_mid), n)
+                }
+                None => (Mid::Parallel(h, a), x),
             };
-            let key = gate * n.linear::<Tensor>(&blk.w_up, None);
-            let mut m = key.linear::<Tensor>(&blk.w_down, None);
+            let act = |x: Tensor| match self.cfg.activation {
+                Activation::Silu => x.silu(),
+                Activation::GeluTanh => x.gelu("tanh"),
+            };
+            let up = n.linear(&blk.w_up, blk.b_up.as_ref());
+            let key = match &blk.w_gate {
+                Some(gate) => act(n.linear::<Tensor>(gate, None)) * up,
+                None => act(up),
+            };
+            // W_out's bias (GPT) is part of the MLP output that captures and edits see.
+            let mut m = key.linear(&blk.w_down, blk.b_down.as_ref());
             if let Some((batch, plan)) = plan {
                 for (i, c) in plan.captures.iter().enumerate() {
                     if c.layer == l && c.site == Site::MlpKey {
@@ -975,9 +1158,14 @@ impl LlamaModel {
                 }
             }
             // Captures and edits above see `m` before the post-MLP norm (if any).
-            h = match &blk.post_mlp_norm {
-                Some(w) => h_mid + rms_norm(&m, w, self.cfg.rms_eps),
-                None => h_mid + m,
+            let m = match &blk.post_mlp_norm {
+                Some(w) => rms_norm(&m, w, self.cfg.rms_eps),
+                None => m,
+            };
+            h = match mid {
+                Mid::Serial(h_mid) => h_mid + m,
+                // transformers' order: attn + mlp + residual.
+                Mid::Parallel(h_in, a) => a + m + h_in,
             };
             if let Some((batch, plan)) = plan {
                 for (i, c) in plan.captures.iter().enumerate() {
@@ -1166,7 +1354,7 @@ impl LlamaModel {
     pub fn last_logits(&self, batch: &Batch) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
         let (b, t) = (batch.rows() as i64, batch.width as i64);
-        let h0 = self.embed(&batch.ids);
+        let h0 = self.embed(&batch.ids, &batch.positions)?;
         let masks = self.masks(&batch.mask, &batch.positions, t);
         let mut caps = [];
         let h = self.run_blocks(
@@ -1227,7 +1415,7 @@ impl EditableLm for LlamaModel {
         let t = (batch.width - offset) as i64;
         let (from, h0) = match &plan.start {
             Some(s) => (s.layer, s.hidden.shallow_clone()),
-            None => (0, self.embed(&batch.ids)),
+            None => (0, self.embed(&batch.ids, &batch.positions)?),
         };
         let to = plan.stop_after.unwrap_or(self.cfg.n_layers - 1);
         let masks = self.masks(&batch.mask, &batch.positions, t);
@@ -1297,7 +1485,7 @@ impl EditableLm for LlamaModel {
         let (b, t) = (batch.rows() as i64, batch.width as i64);
         let masks = self.masks(&batch.mask, &batch.positions, t);
         let mut caps = [];
-        let h0 = self.embed(&batch.ids);
+        let h0 = self.embed(&batch.ids, &batch.positions)?;
         let h = if layer == 0 {
             h0
         } else {
@@ -1379,6 +1567,15 @@ impl EditableLm for LlamaModel {
         if max_new == 0 {
             return Ok(out);
         }
+        // Learned positions: the last token fed sits at `width + max_new - 2` at most.
+        if self.cfg.position_kind == PositionKind::Learned
+            && batch.width + max_new - 1 > self.cfg.max_positions
+        {
+            return Err(ModelError::Request(format!(
+                "{} prompt tokens and {max_new} new ones do not fit in the model's {} learned positions",
+                batch.width, self.cfg.max_positions
+            )));
+        }
         let mut cache: Vec<(Tensor, Tensor)> = (0..self.cfg.n_layers)
             .map(|_| (Tensor::new(), Tensor::new()))
             .collect();
@@ -1388,7 +1585,7 @@ impl EditableLm for LlamaModel {
         let mut caps = [];
         let h = self.run_blocks(
             (b, t),
-            self.embed(&batch.ids),
+            self.embed(&batch.ids, &batch.positions)?,
             &batch.positions,
             &masks,
             0,
@@ -1453,7 +1650,7 @@ impl EditableLm for LlamaModel {
             let masks = self.masks(&key_valid, &key_pos, 1);
             let h = self.run_blocks(
                 (b, 1),
-                self.embed(&ids),
+                self.embed(&ids, &pos)?,
                 &pos,
                 &masks,
                 0,

@@ -1,7 +1,7 @@
 //! The model seam: what knowledge editing needs from a causal language model, nothing more.
 //!
 //! [`EditableLm`] is implemented once per architecture (today [`crate::llama::LlamaModel`] for
-//! the Llama family and Gemma 3); an inference stack with its own model can implement it too. A
+//! the Llama family, Gemma 3, GPT-2 and GPT-J); an inference stack with its own model can implement it too. A
 //! forward pass takes a [`Batch`] of padded prompts and a [`Plan`] of interventions:
 //! - capture activations ([`Site::MlpKey`] — the input of `W_out`, i.e. the *key* —,
 //!   [`Site::MlpOut`], [`Site::BlockIn`], [`Site::BlockOut`]) at chosen `(row, position)`s;
@@ -124,12 +124,15 @@ impl Batch {
 pub enum Site {
     /// The residual stream entering the block (what [`Start`] takes).
     BlockIn,
-    /// The input of `W_out` (`act(gate)·up` in Llama): the *key*, `d_ff` wide.
+    /// The input of `W_out` (`act(gate)·up` in Llama, `gelu(c_fc(x))` in GPT-2, the GELU of
+    /// `fc_in` in GPT-J): the *key*, `d_ff` wide.
     MlpKey,
     /// The output of `W_out`, `d_model` wide: the MLP's contribution to the residual stream in
     /// the Llama family. Gemma normalizes it (post-feed-forward norm) before adding it, so
     /// there this is the pre-norm output and the contribution is `RMSNorm(MlpOut)`; edits are
-    /// added here either way, so `W_out += Δ` still equals adding `Δ·key` at this site.
+    /// added here either way, so `W_out += Δ` still equals adding `Δ·key` at this site. GPT-2's
+    /// `c_proj` and GPT-J's `fc_out` have a bias: it is included here (`W_out·key + b`), and
+    /// edits are added after it.
     MlpOut,
     /// The residual stream leaving the block.
     BlockOut,
