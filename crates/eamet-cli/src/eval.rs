@@ -34,6 +34,7 @@ pub struct EvalArgs {
     pub run_dir: Option<PathBuf>,
     pub same_subject: bool,
     pub pre_from: Option<PathBuf>,
+    pub load: eamet::hooks::LoadOptions,
     pub json: bool,
 }
 
@@ -73,7 +74,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let corpus = corpus(&a.corpus)?;
     let stats_corpus = self::corpus(&a.stats_corpus)?;
     let path = resolve_model(a.model.clone())?;
-    let mut model = load_model(&path)?;
+    let mut model = load_model(&path, a.load)?;
     let hp = hparams(
         method,
         a.hparams.as_deref(),
@@ -247,6 +248,8 @@ fn run_info(
         seed: a.seed,
         schedule: String::new(),
         environment: environment(),
+        dtype: model.dtype().name().into(),
+        device: eamet::hooks::compute::device_name(model.device()),
     })
 }
 
@@ -302,6 +305,10 @@ fn load_pre(dir: &Path, info: &RunInfo, plan: &EvalPlan) -> Result<Vec<RecordEva
     }
     if i.seed != info.seed {
         diffs.push("seed");
+    }
+    // Reports written before --dtype existed are f32 (serde default).
+    if i.dtype != info.dtype {
+        diffs.push("compute dtype");
     }
     let mut cmp = plan.eval.clone();
     cmp.progress = false;
