@@ -13,7 +13,7 @@
 //!   GGUF, the dequantized weights in Llama layout with a derived `config.json` and the
 //!   tokenizer as `tokenizer.json`.
 //!
-//! A model loaded in bf16 or f16 ([`LoadOptions`](crate::LoadOptions)) is exported from an
+//! A model loaded in bf16 or f16 ([`LoadOptions`]) is exported from an
 //! f32 copy loaded again from its source on the CPU, with the same accumulated f32 deltas: the
 //! export is exactly what the same deltas give on the f32 model (the compute dtype shaped the
 //! deltas, but its rounding of the weights is not written). This costs a second load, and the
