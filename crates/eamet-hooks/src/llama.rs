@@ -26,7 +26,8 @@
 //! runs in it, as transformers runs a model loaded with `torch_dtype=torch.bfloat16`:
 //! - RMSNorm upcasts: `x` to f32, `x·rsqrt(mean(x²) + eps)` in f32, then (Llama family, as
 //!   `LlamaRMSNorm`) cast back and multiplied by the weight in the compute dtype, or (Gemma 3,
-//!   as `Gemma3RMSNorm`) multiplied by the weight in f32 and cast back. LayerNorm (GPT-2, GPT-J)
+//!   as `Gemma3RMSNorm`) multiplied by the weight in f32 and cast back (Gemma's norm weights, the
+//!   GGUF's `1 + w`, stay f32: transformers adds the 1 in f32). LayerNorm (GPT-2, GPT-J)
 //!   runs libtorch's kernel on compute-dtype inputs (it accumulates in f32), as `nn.LayerNorm`.
 //! - Rotary tables are computed in f32 and cast to the compute dtype (`LlamaRotaryEmbedding`);
 //!   Gemma's embedding scale is rounded to the compute dtype first (`embed_scale.to(dtype)`).
@@ -760,6 +761,17 @@ impl LlamaModel {
             cfg.head_dim as i64,
         );
         let dev = |t: Tensor| place.put(t);
+        // Gemma's GGUF norm weights hold `1 + w`, which transformers forms in f32
+        // (`1.0 + weight.float()`): kept in f32 rather than rounded to the compute dtype. The
+        // Llama family's norm weights are in the compute dtype, as in transformers.
+        let norm_place = match cfg.family {
+            Family::Gemma3 => Place {
+                kind: Kind::Float,
+                ..place
+            },
+            _ => place,
+        };
+        let dev_norm = |t: Tensor| norm_place.put(t);
         let embed = dev(require(src, "model.embed_tokens.weight", &[v, d])?);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
@@ -775,7 +787,7 @@ impl LlamaModel {
                 Ok(b.map(dev))
             };
             let norm = |s: &str, len: i64| -> Result<Option<Tensor>> {
-                Ok(Some(dev(require(src, &n(s), &[len])?)))
+                Ok(Some(dev_norm(require(src, &n(s), &[len])?)))
             };
             let (q_norm, k_norm) = if cfg.qk_norm {
                 (
@@ -797,7 +809,7 @@ impl LlamaModel {
                 (None, "post_attention_layernorm.weight", None)
             };
             blocks.push(Block {
-                attn_norm: Norm::rms(dev(require(src, &n("input_layernorm.weight"), &[d])?)),
+                attn_norm: Norm::rms(dev_norm(require(src, &n("input_layernorm.weight"), &[d])?)),
                 wq: dev(require(src, &n("self_attn.q_proj.weight"), &[nh * hd, d])?),
                 wk: dev(require(src, &n("self_attn.k_proj.weight"), &[nkv * hd, d])?),
                 wv: dev(require(src, &n("self_attn.v_proj.weight"), &[nkv * hd, d])?),
@@ -809,7 +821,7 @@ impl LlamaModel {
                 q_norm,
                 k_norm,
                 post_attn_norm,
-                mlp_norm: Some(Norm::rms(dev(require(src, &n(mlp_norm_name), &[d])?))),
+                mlp_norm: Some(Norm::rms(dev_norm(require(src, &n(mlp_norm_name), &[d])?))),
                 w_gate: Some(dev(require(src, &n("mlp.gate_proj.weight"), &[f, d])?)),
                 w_up: dev(require(src, &n("mlp.up_proj.weight"), &[f, d])?),
                 b_up: None,
@@ -818,7 +830,7 @@ impl LlamaModel {
                 post_mlp_norm,
             });
         }
-        let norm = Norm::rms(dev(require(src, "model.norm.weight", &[d])?));
+        let norm = Norm::rms(dev_norm(require(src, "model.norm.weight", &[d])?));
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
