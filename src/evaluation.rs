@@ -9,7 +9,7 @@ use eamet_eval::data::EvalRecord;
 use eamet_eval::drift::DriftReference;
 use eamet_eval::metrics::{evaluate, ContextPrefixes, EvalConfig, RecordEval};
 use eamet_eval::report::{Checkpoint, MisalignmentInfo, Report, RunInfo};
-use eamet_hooks::EditableLm;
+use eamet_hooks::{Dtype, EditableLm};
 use eamet_optim::Fact;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -148,7 +148,7 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         }
         None => {
             let cache = plan.edit.run_dir.as_ref().map(|d| d.join(PRE_CACHE_FILE));
-            let key = PreCacheKey::new(&info.model_sha256, plan, records);
+            let key = PreCacheKey::new(&info.model_sha256, model.dtype(), plan, records);
             match cache.as_deref().and_then(|f| key.load(f)) {
                 Some(p) => {
                     lap("evaluate (pre): resumed from the run directory", &mut t);
@@ -222,6 +222,10 @@ pub const PRE_CACHE_FILE: &str = "pre-eval.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PreCacheKey {
     model_sha256: String,
+    /// The compute dtype; absent (f32) in caches written before it existed, and not written
+    /// for f32, so those caches stay valid.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    dtype: Dtype,
     seed: u64,
     eval: EvalConfig,
     prefix_docs_sha256: String,
@@ -235,8 +239,12 @@ struct PreCache {
     pre: Vec<RecordEval>,
 }
 
+fn is_f32(d: &Dtype) -> bool {
+    *d == Dtype::F32
+}
+
 impl PreCacheKey {
-    fn new(model_sha256: &str, plan: &EvalPlan, records: &[EvalRecord]) -> Self {
+    fn new(model_sha256: &str, dtype: Dtype, plan: &EvalPlan, records: &[EvalRecord]) -> Self {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         for d in &plan.prefix_docs {
@@ -250,6 +258,7 @@ impl PreCacheKey {
         eval.progress = false;
         Self {
             model_sha256: model_sha256.to_string(),
+            dtype,
             seed: plan.seed,
             eval,
             prefix_docs_sha256,
@@ -506,7 +515,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("run").join(PRE_CACHE_FILE);
         let p = plan();
-        let key = PreCacheKey::new("abc", &p, &records);
+        let key = PreCacheKey::new("abc", Dtype::F32, &p, &records);
         assert_eq!(key.load(&file), None, "no file yet");
         let results = pre(&records);
         key.save(&file, &results).unwrap();
@@ -515,24 +524,48 @@ mod tests {
         let mut q = plan();
         q.eval.progress = !q.eval.progress;
         assert_eq!(
-            PreCacheKey::new("abc", &q, &records).load(&file),
+            PreCacheKey::new("abc", Dtype::F32, &q, &records).load(&file),
             Some(results)
         );
         // Anything the results depend on does.
-        assert_eq!(PreCacheKey::new("abd", &p, &records).load(&file), None);
+        assert_eq!(
+            PreCacheKey::new("abd", Dtype::F32, &p, &records).load(&file),
+            None
+        );
         let mut q = plan();
         q.seed += 1;
-        assert_eq!(PreCacheKey::new("abc", &q, &records).load(&file), None);
+        assert_eq!(
+            PreCacheKey::new("abc", Dtype::F32, &q, &records).load(&file),
+            None
+        );
         let mut q = plan();
         q.prefix_docs.push("More.".into());
-        assert_eq!(PreCacheKey::new("abc", &q, &records).load(&file), None);
+        assert_eq!(
+            PreCacheKey::new("abc", Dtype::F32, &q, &records).load(&file),
+            None
+        );
         let mut q = plan();
         q.eval.lenient_tokens += 1;
-        assert_eq!(PreCacheKey::new("abc", &q, &records).load(&file), None);
-        assert_eq!(PreCacheKey::new("abc", &p, &records[..1]).load(&file), None);
+        assert_eq!(
+            PreCacheKey::new("abc", Dtype::F32, &q, &records).load(&file),
+            None
+        );
+        assert_eq!(
+            PreCacheKey::new("abc", Dtype::F32, &p, &records[..1]).load(&file),
+            None
+        );
         let mut other = records.clone();
         other[1].rewrite.target_true = Some("German".into());
-        assert_eq!(PreCacheKey::new("abc", &p, &other).load(&file), None);
+        assert_eq!(
+            PreCacheKey::new("abc", Dtype::F32, &p, &other).load(&file),
+            None
+        );
+        // Another compute dtype does; an f32 key is written as before the dtype existed.
+        assert_eq!(
+            PreCacheKey::new("abc", Dtype::Bf16, &p, &records).load(&file),
+            None
+        );
+        assert!(!std::fs::read_to_string(&file).unwrap().contains("dtype"));
         // A truncated file is ignored (evaluated again), not an error.
         let text = std::fs::read_to_string(&file).unwrap();
         std::fs::write(&file, &text[..text.len() / 2]).unwrap();

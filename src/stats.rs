@@ -4,12 +4,14 @@
 //! The model runs only up to the last requested layer, in batches; the keys of every non-pad
 //! token are accumulated with one GEMM per batch and layer in libtorch (f64 accumulators), and
 //! moved to [`KeyStats`] once at the end. Results are cached per (model SHA-256, layer, corpus
-//! hash, document count) with `eamet-solve`'s checked file format, so a changed model, corpus or
-//! sample count is recomputed, never silently reused.
+//! hash, document count, and the compute dtype when it is not f32) with `eamet-solve`'s checked
+//! file format, so a changed model, corpus, sample count or dtype is recomputed, never silently
+//! reused. Keys reach the accumulators in f32 whatever the compute dtype (the model returns
+//! captures in f32) and are summed in f64.
 
 use crate::Error;
 use eamet_hooks::tch::{Device, Kind, Tensor};
-use eamet_hooks::{Batch, Capture, EditableLm, Padding, Plan, Site};
+use eamet_hooks::{Batch, Capture, Dtype, EditableLm, Padding, Plan, Site};
 use eamet_solve::{KeyStats, StatsProvenance, StatsRequest, WriteMode};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -241,6 +243,24 @@ pub fn stats_path(cache_dir: &Path, model_sha: &str, corpus: &Corpus, layer: usi
     stats_path_for(cache_dir, model_sha, &corpus.hash, corpus.docs.len(), layer)
 }
 
+/// [`stats_path`] of statistics computed by a model in `dtype`.
+pub fn stats_path_dtype(
+    cache_dir: &Path,
+    model_sha: &str,
+    corpus: &Corpus,
+    layer: usize,
+    dtype: Dtype,
+) -> PathBuf {
+    stats_path_for_dtype(
+        cache_dir,
+        model_sha,
+        &corpus.hash,
+        corpus.docs.len(),
+        layer,
+        dtype,
+    )
+}
+
 /// Cache file of one layer's statistics, from the parts of the key (model SHA-256, corpus hash,
 /// number of documents, layer): where `eamet stats merge --into-cache` puts merged shards.
 pub fn stats_path_for(
@@ -250,16 +270,34 @@ pub fn stats_path_for(
     docs: usize,
     layer: usize,
 ) -> PathBuf {
+    stats_path_for_dtype(cache_dir, model_sha, corpus_hash, docs, layer, Dtype::F32)
+}
+
+/// [`stats_path_for`] of statistics computed by a model in `dtype`: the f32 name, with
+/// `-bf16` / `-f16` before the extension for the other dtypes (so f32 caches keep their names).
+pub fn stats_path_for_dtype(
+    cache_dir: &Path,
+    model_sha: &str,
+    corpus_hash: &str,
+    docs: usize,
+    layer: usize,
+    dtype: Dtype,
+) -> PathBuf {
+    let suffix = match dtype {
+        Dtype::F32 => String::new(),
+        d => format!("-{d}"),
+    };
     cache_dir
         .join("stats")
         .join(&model_sha[..model_sha.len().min(16)])
         .join(format!(
-            "{}-n{docs}-layer{layer}.safetensors",
+            "{}-n{docs}-layer{layer}{suffix}.safetensors",
             &corpus_hash[..corpus_hash.len().min(16)],
         ))
 }
 
-/// What a statistics file of `layer` computed from `corpus` on `model` records about itself.
+/// What a statistics file of `layer` computed from `corpus` on `model` records about itself
+/// (`dtype`: the model's compute dtype as PyTorch names it, `float32` by default).
 pub fn provenance<M: EditableLm + ?Sized>(
     model: &M,
     corpus: &Corpus,
@@ -271,7 +309,7 @@ pub fn provenance<M: EditableLm + ?Sized>(
         layer,
         corpus_id: corpus.id.clone(),
         corpus_hash: corpus.hash.clone(),
-        dtype: "float32".into(),
+        dtype: model.dtype().torch_name().into(),
     })
 }
 
@@ -287,7 +325,7 @@ pub fn load_or_collect<M: EditableLm + ?Sized>(
     let sha = model.base_sha256()?;
     let mut found: Vec<Option<KeyStats>> = Vec::with_capacity(layers.len());
     for &l in layers {
-        let path = stats_path(cache_dir, &sha, corpus, l);
+        let path = stats_path_dtype(cache_dir, &sha, corpus, l, model.dtype());
         let request = StatsRequest::new(provenance(model, corpus, l)?)
             .with_samples(corpus.docs.len() as u64)
             .with_dim(model.config().d_ff);
@@ -309,7 +347,7 @@ pub fn load_or_collect<M: EditableLm + ?Sized>(
         for (&l, mut st) in missing.iter().zip(fresh) {
             // The sample count in the cache key is the number of documents asked for.
             st.add_samples((corpus.docs.len() as u64).saturating_sub(st.samples()));
-            let path = stats_path(cache_dir, &sha, corpus, l);
+            let path = stats_path_dtype(cache_dir, &sha, corpus, l, model.dtype());
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| Error::Input(format!("{}: {e}", dir.display())))?;
@@ -353,7 +391,8 @@ const CORPUS_SEEDS: [&str; 16] = [
 
 /// Generic text written by the model itself, so statistics need no download: `n` documents of
 /// up to `max_tokens` new tokens sampled (temperature 1, top-k 50, seed 1234) from fixed seed
-/// words. Cached as JSON under `<cache_dir>/corpus/` per model and size.
+/// words. Cached as JSON under `<cache_dir>/corpus/` per model and size (and compute dtype,
+/// when not f32: sampling in bf16 writes other text).
 pub fn generated_corpus<M: EditableLm + ?Sized>(
     model: &M,
     n: usize,
@@ -362,8 +401,12 @@ pub fn generated_corpus<M: EditableLm + ?Sized>(
     progress: bool,
 ) -> Result<Corpus, Error> {
     let sha = model.base_sha256()?;
+    let suffix = match model.dtype() {
+        Dtype::F32 => String::new(),
+        d => format!("-{d}"),
+    };
     let path = cache_dir.join("corpus").join(format!(
-        "{}-generated-n{n}-t{max_tokens}.json",
+        "{}-generated-n{n}-t{max_tokens}{suffix}.json",
         &sha[..sha.len().min(16)]
     ));
     let id = format!("model-generated(seed 1234, n {n}, {max_tokens} tokens)");

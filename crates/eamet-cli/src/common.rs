@@ -3,7 +3,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use eamet::eval::data::{load, load_str, EvalRecord, Format, LoadOptions};
 use eamet::hooks::tch::Device;
-use eamet::hooks::LlamaModel;
+use eamet::hooks::LoadOptions as ModelOptions;
+use eamet::hooks::{Dtype, LlamaModel};
 use eamet::{EditHparams, Method};
 use std::path::{Path, PathBuf};
 
@@ -25,12 +26,63 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Open a GGUF file or a Hugging Face checkpoint directory on the CPU.
-pub fn load_model(path: &Path) -> Result<LlamaModel> {
+/// `--dtype`: the model's compute dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// 32-bit float (reference precision).
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl From<DtypeArg> for Dtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::Bf16 => Dtype::Bf16,
+            DtypeArg::F16 => Dtype::F16,
+        }
+    }
+}
+
+/// `--device`: `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    eamet::hooks::compute::parse_device(s).map_err(|_| "expected cpu, cuda or cuda:N".to_string())
+}
+
+/// How a command that runs the model loads it: `--dtype` and `--device`.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct ComputeArgs {
+    /// Compute dtype of the model: f32, bf16 or f16. The weights are held and the forward
+    /// pass runs in it; keys, statistics, solves and log-probabilities stay f32/f64.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: DtypeArg,
+    /// Device: cpu, cuda (= cuda:0) or cuda:N. CUDA needs eamet built against a CUDA libtorch.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+}
+
+impl ComputeArgs {
+    /// The load options, once the device is known to be usable (a CUDA device without CUDA in
+    /// this build is an error here, before anything is read).
+    pub fn options(self) -> Result<ModelOptions> {
+        let o = ModelOptions {
+            device: self.device,
+            dtype: self.dtype.into(),
+        };
+        o.check()?;
+        Ok(o)
+    }
+}
+
+/// Open a GGUF file or a Hugging Face checkpoint directory with these options.
+pub fn load_model(path: &Path, opts: ModelOptions) -> Result<LlamaModel> {
     Ok(if path.is_dir() {
-        LlamaModel::from_hf_dir(path, Device::Cpu)?
+        LlamaModel::from_hf_dir_with(path, opts)?
     } else {
-        LlamaModel::from_gguf(path, Device::Cpu)?
+        LlamaModel::from_gguf_with(path, opts)?
     })
 }
 

@@ -21,6 +21,7 @@ pub struct EditArgs {
     pub run_dir: Option<PathBuf>,
     pub resume: bool,
     pub eval: bool,
+    pub load: eamet::hooks::LoadOptions,
     pub json: bool,
 }
 
@@ -56,7 +57,7 @@ pub fn run(a: EditArgs) -> Result<()> {
     if let Some(o) = &a.out {
         o.check(&path)?;
     }
-    let mut model = load_model(&path)?;
+    let mut model = load_model(&path, a.load)?;
     let hp = hparams(
         method,
         a.hparams.as_deref(),
@@ -65,7 +66,7 @@ pub fn run(a: EditArgs) -> Result<()> {
         model.config().n_layers,
     )?;
     if !a.json {
-        println!("model   {}", path.display());
+        println!("model   {} ({})", path.display(), a.load.describe());
         println!(
             "method  {}, layers {:?}, {} facts from {source}, residuals {}",
             eamet::evaluation::method_name(method),

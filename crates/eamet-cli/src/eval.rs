@@ -34,6 +34,7 @@ pub struct EvalArgs {
     pub run_dir: Option<PathBuf>,
     pub same_subject: bool,
     pub pre_from: Option<PathBuf>,
+    pub load: eamet::hooks::LoadOptions,
     pub json: bool,
 }
 
@@ -73,7 +74,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let corpus = corpus(&a.corpus)?;
     let stats_corpus = self::corpus(&a.stats_corpus)?;
     let path = resolve_model(a.model.clone())?;
-    let mut model = load_model(&path)?;
+    let mut model = load_model(&path, a.load)?;
     let hp = hparams(
         method,
         a.hparams.as_deref(),
@@ -247,6 +248,8 @@ fn run_info(
         seed: a.seed,
         schedule: String::new(),
         environment: environment(),
+        dtype: model.dtype().name().into(),
+        device: eamet::hooks::compute::device_name(model.device()),
     })
 }
 
@@ -303,6 +306,10 @@ fn load_pre(dir: &Path, info: &RunInfo, plan: &EvalPlan) -> Result<Vec<RecordEva
     if i.seed != info.seed {
         diffs.push("seed");
     }
+    // Reports written before --dtype existed are f32 (serde default).
+    if i.dtype != info.dtype {
+        diffs.push("compute dtype");
+    }
     let mut cmp = plan.eval.clone();
     cmp.progress = false;
     if i.eval_config != cmp {
@@ -336,4 +343,62 @@ fn print_report(report: &Report, written: Vec<PathBuf>, json: bool) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(dtype: &str) -> RunInfo {
+        RunInfo {
+            tool_version: "test".into(),
+            created: "now".into(),
+            command: None,
+            model: "m.gguf".into(),
+            model_sha256: "abc".into(),
+            dataset: "d.json".into(),
+            dataset_format: "facts".into(),
+            offset: 0,
+            n: 1,
+            method: "memit".into(),
+            hparams: serde_json::Value::Null,
+            eval_config: EvalConfig {
+                progress: false,
+                ..Default::default()
+            },
+            seed: 0,
+            schedule: String::new(),
+            environment: BTreeMap::new(),
+            dtype: dtype.into(),
+            device: "cpu".into(),
+        }
+    }
+
+    fn plan() -> EvalPlan {
+        EvalPlan {
+            method: Method::Memit,
+            hparams: EditHparams::default(),
+            edit: EditOptions::default(),
+            eval: EvalConfig::default(),
+            prefix_docs: Vec::new(),
+            seed: 0,
+            schedule: EvalSchedule::AllThenEvaluate,
+        }
+    }
+
+    /// A report written before --dtype existed (no dtype/device fields) is an f32 report: its
+    /// pre-edit results serve an f32 run, not a bf16 one.
+    #[test]
+    fn pre_from_refuses_another_compute_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let report = Report::new(info("f32"), Vec::new(), Vec::new(), Vec::new());
+        let mut v = serde_json::to_value(&report).unwrap();
+        let i = v["info"].as_object_mut().unwrap();
+        assert_eq!(i.remove("dtype"), Some("f32".into()));
+        assert_eq!(i.remove("device"), Some("cpu".into()));
+        std::fs::write(dir.path().join("report.json"), v.to_string()).unwrap();
+        assert!(load_pre(dir.path(), &info("f32"), &plan()).is_ok());
+        let e = load_pre(dir.path(), &info("bf16"), &plan()).unwrap_err();
+        assert!(e.to_string().contains("compute dtype"), "{e}");
+    }
 }

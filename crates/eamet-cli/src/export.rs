@@ -19,7 +19,7 @@ pub struct OutSpec {
     pub format: Option<String>,
     /// Type of the edited tensors in a GGUF export.
     pub edited_type: Option<String>,
-    /// Weight dtype of a safetensors export from GGUF.
+    /// Weight dtype of a safetensors export from GGUF (`--out-dtype`).
     pub dtype: Option<String>,
     /// Replace an existing output.
     pub overwrite: bool,
@@ -71,7 +71,7 @@ impl OutSpec {
             bail!("--edited-type applies to GGUF exports only");
         }
         if format == Format::Gguf && self.dtype.is_some() {
-            bail!("--dtype applies to safetensors exports only");
+            bail!("--out-dtype applies to safetensors exports only");
         }
         if let Some(t) = &self.edited_type {
             t.parse::<EditedType>()?;
@@ -149,7 +149,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
     a.out.check(&path)?;
     check_output(&a.out.out, std::slice::from_ref(&a.patch), a.out.overwrite)?;
     let patch = Patch::load(&a.patch)?;
-    let mut model = load_model(&path)?;
+    // Export writes weights, it computes nothing: the model is read in f32 on the CPU.
+    let mut model = load_model(&path, eamet::hooks::LoadOptions::default())?;
     patch.apply(&mut model, &a.patch)?;
     let meta = EditMetadata {
         method: patch.meta.method.clone(),

@@ -1,7 +1,8 @@
 //! `eamet`: edit, evaluate and inspect language models with EAMET / MEMIT / AlphaEdit.
 //!
 //! Commands: `edit`, `eval`, `stats` (and `stats merge`), `score`, `generate`, `apply-patch`,
-//! `info`. Errors go to stderr as one line `eamet: error: ...` with exit status 1 (usage errors:
+//! `info`. Every command that runs the model takes `--dtype f32|bf16|f16` (compute dtype,
+//! default f32) and `--device cpu|cuda|cuda:N` (default cpu). Errors go to stderr as one line `eamet: error: ...` with exit status 1 (usage errors:
 //! 2); nothing is written when the input is bad.
 
 mod common;
@@ -13,7 +14,7 @@ mod score;
 mod stats;
 
 use clap::{Parser, Subcommand};
-use common::{load_model as load, resolve_model};
+use common::{load_model as load, resolve_model, ComputeArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,6 +96,8 @@ enum Command {
         /// Also score the facts (strict / classic / lenient metrics) before and after the edit.
         #[arg(long)]
         eval: bool,
+        #[command(flatten)]
+        compute: ComputeArgs,
         /// Print one JSON document instead of tables.
         #[arg(long)]
         json: bool,
@@ -172,6 +175,8 @@ enum Command {
         /// and metric settings; checked) instead of evaluating the unedited model again.
         #[arg(long)]
         pre_from: Option<PathBuf>,
+        #[command(flatten)]
+        compute: ComputeArgs,
         /// Print a JSON summary instead of the markdown table.
         #[arg(long)]
         json: bool,
@@ -208,6 +213,8 @@ enum Command {
         /// Directory for shard files (default ./stats-shards).
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        compute: ComputeArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -238,6 +245,8 @@ enum Command {
         /// Layers (the last one is where residuals live).
         #[arg(long, value_delimiter = ',')]
         layers: Option<Vec<usize>>,
+        #[command(flatten)]
+        compute: ComputeArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -259,17 +268,20 @@ enum Command {
         /// Most new tokens per prompt.
         #[arg(long, default_value_t = 8)]
         max_new: usize,
+        #[command(flatten)]
+        compute: ComputeArgs,
         /// JSON output.
         #[arg(long)]
         json: bool,
     },
     /// Write a patch's base model with the patch applied: a GGUF file that llama.cpp runs, or
-    /// a safetensors directory that transformers loads.
+    /// a safetensors directory that transformers loads. The model is read in f32 on the CPU (an
+    /// export computes nothing).
     ///
     /// Examples:
     ///   eamet export --patch edit.safetensors --out edited.gguf
     ///   eamet export --patch edit.safetensors --out edited.gguf --edited-type q8_0
-    ///   eamet export --patch edit.safetensors --out edited-hf --dtype bf16
+    ///   eamet export --patch edit.safetensors --out edited-hf --out-dtype bf16
     Export {
         /// The base model (default: the set-up's SmolLM2); its SHA-256 must match the patch.
         #[arg(long)]
@@ -279,6 +291,10 @@ enum Command {
         patch: PathBuf,
         #[command(flatten)]
         out: OutArgs,
+        /// The same as --out-dtype (the name this command took before --dtype came to mean
+        /// the compute dtype on the commands that run the model).
+        #[arg(long, value_name = "OUT_DTYPE")]
+        dtype: Option<String>,
         /// JSON report of the encoding errors on stderr instead of a table.
         #[arg(long)]
         json: bool,
@@ -293,6 +309,8 @@ enum Command {
         /// Prompts to complete greedily (default: three facts SmolLM2 knows).
         #[arg(long = "prompt")]
         prompts: Vec<String>,
+        #[command(flatten)]
+        compute: ComputeArgs,
     },
     /// Compare evaluation reports side by side: a markdown table (one row per report) and plots
     /// against the number of edits, one line per method.
@@ -319,6 +337,8 @@ enum Command {
         /// Most new tokens per prompt.
         #[arg(long, default_value_t = 16)]
         max_new: usize,
+        #[command(flatten)]
+        compute: ComputeArgs,
         /// Print a JSON array of {"prompt", "completion"} instead of lines.
         #[arg(long)]
         json: bool,
@@ -388,7 +408,11 @@ fn summarize(dirs: &[PathBuf], out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn info(model: Option<PathBuf>, prompts: Vec<String>) -> anyhow::Result<()> {
+fn info(
+    model: Option<PathBuf>,
+    prompts: Vec<String>,
+    opts: eamet::hooks::LoadOptions,
+) -> anyhow::Result<()> {
     let path = resolve_model(model)?;
     let r = eamet::inspect_model(&path)?;
     println!("model          {}", path.display());
@@ -405,10 +429,11 @@ fn info(model: Option<PathBuf>, prompts: Vec<String>) -> anyhow::Result<()> {
         }
     );
     let t = std::time::Instant::now();
-    let model = load(&path)?;
+    let model = load(&path, opts)?;
     println!(
-        "loaded         in {:.2} s (dequantized to f32)",
-        t.elapsed().as_secs_f64()
+        "loaded         in {:.2} s (dequantized to f32, computing in {})",
+        t.elapsed().as_secs_f64(),
+        opts.describe()
     );
     let prompts = if prompts.is_empty() {
         DEMO_PROMPTS.iter().map(|s| s.to_string()).collect()
@@ -433,9 +458,10 @@ struct OutArgs {
     /// Default f32 (docs/export.md).
     #[arg(long)]
     edited_type: Option<String>,
-    /// Safetensors from GGUF input: weight dtype, f32 | bf16 | f16 (default f32).
+    /// Safetensors from GGUF input: weight dtype, f32 | bf16 | f16 (default f32). A model
+    /// computed in bf16/f16 is still written from its f32 weights plus the edit.
     #[arg(long)]
-    dtype: Option<String>,
+    out_dtype: Option<String>,
     /// Replace an existing --out (never an input file).
     #[arg(long)]
     overwrite: bool,
@@ -447,7 +473,7 @@ impl OutArgs {
             out,
             format,
             edited_type,
-            dtype,
+            out_dtype: dtype,
             overwrite,
         } = self;
         out.map(|out| export::OutSpec {
@@ -463,7 +489,11 @@ impl OutArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info { model, prompts } => info(model, prompts),
+        Command::Info {
+            model,
+            prompts,
+            compute,
+        } => compute.options().and_then(|o| info(model, prompts, o)),
         Command::Edit {
             model,
             facts,
@@ -477,21 +507,25 @@ fn main() -> ExitCode {
             run_dir,
             resume,
             eval,
+            compute,
             json,
-        } => edit::run(edit::EditArgs {
-            model,
-            facts,
-            method,
-            hparams,
-            layers,
-            block: block.map(|b| b as usize),
-            corpus,
-            patch,
-            out: out.spec(),
-            run_dir,
-            resume,
-            eval,
-            json,
+        } => compute.options().and_then(|load| {
+            edit::run(edit::EditArgs {
+                model,
+                facts,
+                method,
+                hparams,
+                layers,
+                block: block.map(|b| b as usize),
+                corpus,
+                patch,
+                out: out.spec(),
+                run_dir,
+                resume,
+                eval,
+                load,
+                json,
+            })
         }),
         Command::Eval {
             model,
@@ -513,28 +547,32 @@ fn main() -> ExitCode {
             run_dir,
             same_subject,
             pre_from,
+            compute,
             json,
-        } => eval::run(eval::EvalArgs {
-            model,
-            dataset,
-            n,
-            offset,
-            method,
-            hparams,
-            layers,
-            block: block.map(|b| b as usize),
-            corpus,
-            stats_corpus,
-            report,
-            batch_size,
-            seed,
-            no_fluency,
-            no_robustness,
-            extra_sample: extra_sample as usize,
-            run_dir,
-            same_subject,
-            pre_from,
-            json,
+        } => compute.options().and_then(|load| {
+            eval::run(eval::EvalArgs {
+                model,
+                dataset,
+                n,
+                offset,
+                method,
+                hparams,
+                layers,
+                block: block.map(|b| b as usize),
+                corpus,
+                stats_corpus,
+                report,
+                batch_size,
+                seed,
+                no_fluency,
+                no_robustness,
+                extra_sample: extra_sample as usize,
+                run_dir,
+                same_subject,
+                pre_from,
+                load,
+                json,
+            })
         }),
         Command::Summarize { reports, out } => summarize(&reports, &out),
         Command::Stats {
@@ -550,16 +588,20 @@ fn main() -> ExitCode {
             max_tokens,
             shard,
             out,
+            compute,
             json,
-        } => stats::run(stats::StatsArgs {
-            model,
-            layers,
-            corpus,
-            samples,
-            max_tokens,
-            shard,
-            out,
-            json,
+        } => compute.options().and_then(|load| {
+            stats::run(stats::StatsArgs {
+                model,
+                layers,
+                corpus,
+                samples,
+                max_tokens,
+                shard,
+                out,
+                load,
+                json,
+            })
         }),
         Command::Score {
             model,
@@ -569,56 +611,77 @@ fn main() -> ExitCode {
             method,
             hparams,
             layers,
+            compute,
             json,
-        } => score::run(score::ScoreArgs {
-            model,
-            facts,
-            n,
-            offset,
-            method,
-            hparams,
-            layers,
-            json,
+        } => compute.options().and_then(|load| {
+            score::run(score::ScoreArgs {
+                model,
+                facts,
+                n,
+                offset,
+                method,
+                hparams,
+                layers,
+                load,
+                json,
+            })
         }),
         Command::ApplyPatch {
             model,
             patch,
             prompts,
             max_new,
+            compute,
             json,
-        } => patch::run(patch::PatchArgs {
-            model,
-            patch,
-            prompts,
-            max_new,
-            json,
+        } => compute.options().and_then(|load| {
+            patch::run(patch::PatchArgs {
+                model,
+                patch,
+                prompts,
+                max_new,
+                load,
+                json,
+            })
         }),
         Command::Export {
             model,
             patch,
-            out,
+            mut out,
+            dtype,
             json,
-        } => match out.spec() {
-            Some(out) => export::run(export::ExportArgs {
-                model,
-                patch,
-                out,
-                json,
-            }),
-            None => Err(anyhow::anyhow!("export needs --out")),
+        } => match (&out.out_dtype, dtype) {
+            (Some(a), Some(b)) if *a != b => Err(anyhow::anyhow!(
+                "--dtype {b} and --out-dtype {a} disagree (they name the same setting)"
+            )),
+            (_, d) => {
+                out.out_dtype = out.out_dtype.or(d);
+                match out.spec() {
+                    Some(out) => export::run(export::ExportArgs {
+                        model,
+                        patch,
+                        out,
+                        json,
+                    }),
+                    None => Err(anyhow::anyhow!("export needs --out")),
+                }
+            }
         },
         Command::Generate {
             model,
             prompts,
             max_new,
+            compute,
             json,
-        } => resolve_model(model).and_then(|p| load(&p)).and_then(|m| {
-            if json {
-                complete_json(&m, &prompts, max_new)
-            } else {
-                complete(&m, &prompts, max_new)
-            }
-        }),
+        } => compute
+            .options()
+            .and_then(|o| resolve_model(model).and_then(|p| load(&p, o)))
+            .and_then(|m| {
+                if json {
+                    complete_json(&m, &prompts, max_new)
+                } else {
+                    complete(&m, &prompts, max_new)
+                }
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

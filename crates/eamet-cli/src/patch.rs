@@ -12,6 +12,7 @@ pub struct PatchArgs {
     pub patch: PathBuf,
     pub prompts: Vec<String>,
     pub max_new: usize,
+    pub load: eamet::hooks::LoadOptions,
     pub json: bool,
 }
 
@@ -28,7 +29,7 @@ pub fn run(a: PatchArgs) -> Result<()> {
     }
     let patch = Patch::load(&a.patch)?;
     let path = resolve_model(a.model)?;
-    let mut model = load_model(&path)?;
+    let mut model = load_model(&path, a.load)?;
     let prompts = if a.prompts.is_empty() {
         crate::common::read_records(None, 0, None)?
             .0

@@ -18,6 +18,7 @@ pub struct ScoreArgs {
     pub method: String,
     pub hparams: Option<PathBuf>,
     pub layers: Option<Vec<usize>>,
+    pub load: eamet::hooks::LoadOptions,
     pub json: bool,
 }
 
@@ -27,7 +28,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let facts: Vec<Fact> = records.iter().map(|r| r.rewrite.to_fact()).collect();
     eamet::optim::validate_facts(&facts)?;
     let path = resolve_model(a.model)?;
-    let model = load_model(&path)?;
+    let model = load_model(&path, a.load)?;
     let hp = hparams(
         method,
         a.hparams.as_deref(),

@@ -5,7 +5,8 @@ use anyhow::{bail, Result};
 use eamet::hooks::EditableLm;
 use eamet::solve::{KeyStats, WriteMode};
 use eamet::stats::{
-    collect_key_stats, generated_corpus, load_or_collect, provenance, stats_path_for, StatsConfig,
+    collect_key_stats, generated_corpus, load_or_collect, provenance, stats_path_for_dtype,
+    StatsConfig,
 };
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ pub struct StatsArgs {
     pub max_tokens: usize,
     pub shard: Option<String>,
     pub out: Option<PathBuf>,
+    pub load: eamet::hooks::LoadOptions,
     pub json: bool,
 }
 
@@ -31,7 +33,7 @@ pub fn run(a: StatsArgs) -> Result<()> {
     }
     let files = corpus(&a.corpus)?;
     let path = resolve_model(a.model)?;
-    let model = load_model(&path)?;
+    let model = load_model(&path, a.load)?;
     let n_layers = model.config().n_layers;
     if let Some(&bad) = a.layers.iter().find(|&&l| l >= n_layers) {
         bail!("layer {bad} is out of range: the model has {n_layers} layers");
@@ -58,7 +60,14 @@ pub fn run(a: StatsArgs) -> Result<()> {
             let (stats, cached) = load_or_collect(&model, &corpus, &a.layers, &cfg, &cache)?;
             let sha = model.base_sha256()?;
             for ((&l, st), c) in a.layers.iter().zip(&stats).zip(&cached) {
-                let p = stats_path_for(&cache, &sha, &corpus.hash, corpus.docs.len(), l);
+                let p = stats_path_for_dtype(
+                    &cache,
+                    &sha,
+                    &corpus.hash,
+                    corpus.docs.len(),
+                    l,
+                    model.dtype(),
+                );
                 written.push(serde_json::json!({
                     "layer": l, "path": p, "cached": c, "tokens": st.tokens(), "samples": st.samples(),
                 }));
@@ -127,12 +136,18 @@ pub fn merge(a: MergeArgs) -> Result<()> {
     let (stats, meta) = KeyStats::merge_files(&a.shards)?;
     let out = match a.out {
         Some(p) => p,
-        None => stats_path_for(
+        None => stats_path_for_dtype(
             &cache_dir()?,
             &meta.provenance.model_hash,
             &meta.provenance.corpus_hash,
             meta.samples as usize,
             meta.provenance.layer,
+            meta.provenance.dtype.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "the shards record dtype {:?}, not float32, bfloat16 or float16",
+                    meta.provenance.dtype
+                )
+            })?,
         ),
     };
     refuse_existing(&out, "statistics file")?;

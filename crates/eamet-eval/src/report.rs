@@ -43,6 +43,21 @@ pub struct RunInfo {
     pub schedule: String,
     /// libtorch version and threads, and similar facts about the machine.
     pub environment: BTreeMap<String, String>,
+    /// The model's compute dtype (`f32`, `bf16`, `f16`); `f32` for reports written before the
+    /// option existed.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// The device the model ran on (`cpu`, `cuda:0`); `cpu` for older reports.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+fn default_device() -> String {
+    "cpu".into()
 }
 
 /// Misalignment of the residuals of the edit (ALGORITHM.md §4).
@@ -159,6 +174,7 @@ impl Report {
             i.created,
             i.tool_version
         ));
+        s.push_str(&format!("- compute: {} on {}\n", i.dtype, i.device));
         if let Some(c) = &i.command {
             s.push_str(&format!("- command: `{c}`\n"));
         }

@@ -180,6 +180,8 @@ fn same_model_gives_zero_and_an_edit_matches_an_independent_computation() {
             seed: 0,
             schedule: "-".into(),
             environment: Default::default(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
         },
         pre,
         post,

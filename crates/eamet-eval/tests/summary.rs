@@ -28,6 +28,8 @@ fn report(method: &str, n: usize, efficacy: f64, a: f64, edit_s: f64) -> Report 
         seed: 0,
         schedule: "-".into(),
         environment: Default::default(),
+        dtype: "f32".into(),
+        device: "cpu".into(),
     };
     let mut r = Report::new(
         info,

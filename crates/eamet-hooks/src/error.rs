@@ -97,6 +97,14 @@ pub enum ModelError {
     /// An export (GGUF file or safetensors directory) cannot be written.
     #[error(transparent)]
     Export(Box<crate::export::ExportError>),
+    /// The requested device cannot be used (e.g. CUDA with a CPU-only libtorch).
+    #[error("device {device} is not available: {reason}")]
+    DeviceUnavailable {
+        /// The device as requested (`cuda:0`).
+        device: String,
+        /// What is missing.
+        reason: String,
+    },
     /// libtorch raised an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -13,11 +13,18 @@
 //!   GGUF, the dequantized weights in Llama layout with a derived `config.json` and the
 //!   tokenizer as `tokenizer.json`.
 //!
+//! A model loaded in bf16 or f16 ([`LoadOptions`]) is exported from an
+//! f32 copy loaded again from its source on the CPU, with the same accumulated f32 deltas: the
+//! export is exactly what the same deltas give on the f32 model (the compute dtype shaped the
+//! deltas, but its rounding of the weights is not written). This costs a second load, and the
+//! memory of an f32 model, for the duration of the export.
+//!
 //! Every output is written next to its destination under a temporary name and renamed into
 //! place, so a failed write leaves nothing behind; an input model file is never replaced, and
 //! an existing output only with [`OutputOptions::overwrite`].
 
 use crate::atomic::TempOutput;
+use crate::compute::{Dtype, LoadOptions};
 use crate::config::Family;
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgmlType, GgufFile, MetaValue};
@@ -476,6 +483,22 @@ pub fn ffn_down_name(layer: usize) -> String {
     format!("blk.{layer}.ffn_down.weight")
 }
 
+/// For a model that computes in bf16 or f16: an f32 CPU copy loaded again from its source, with
+/// the model's accumulated deltas applied (bit for bit the f32 model edited with them). `None`
+/// for an f32 model (exported as it is).
+fn f32_twin(model: &LlamaModel) -> Result<Option<LlamaModel>> {
+    if model.dtype() == Dtype::F32 {
+        return Ok(None);
+    }
+    let mut twin = LlamaModel::from_source(model.source(), LoadOptions::default())?;
+    for l in model.edited_layers() {
+        if let Some(d) = model.accumulated_delta(l)? {
+            twin.apply_delta(l, &d)?;
+        }
+    }
+    Ok(Some(twin))
+}
+
 fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
     let t = t
         .to_device(tch::Device::Cpu)
@@ -523,6 +546,13 @@ pub fn save_gguf(
     let mut protected = model_paths(model)?;
     protected.extend(opts.protected.iter().cloned());
     check_output(out, &protected, opts.overwrite)?;
+    if model.edited_layers().is_empty() {
+        return Err(export_err(ExportError::Unsupported(
+            "the model has no edits to export".into(),
+        )));
+    }
+    let twin = f32_twin(model)?;
+    let model = twin.as_ref().unwrap_or(model);
     let patch = Patch::from_model(model, &meta.method)?;
     if patch.deltas.is_empty() {
         return Err(export_err(ExportError::Unsupported(
@@ -773,15 +803,15 @@ pub fn save_safetensors_dir(
         std::fs::remove_dir_all(temp.path()).map_err(io(temp.path()))?;
     }
     std::fs::create_dir_all(temp.path()).map_err(io(temp.path()))?;
+    if let (ModelSource::HfDir(_), Some(d)) = (model.source(), dtype) {
+        return Err(export_err(ExportError::Unsupported(format!(
+            "output dtype {d}: a Hugging Face input keeps its own dtypes"
+        ))));
+    }
+    let twin = f32_twin(model)?;
+    let model = twin.as_ref().unwrap_or(model);
     let written = match model.source() {
-        ModelSource::HfDir(dir) => {
-            if let Some(d) = dtype {
-                return Err(export_err(ExportError::Unsupported(format!(
-                    "--dtype {d}: a Hugging Face input keeps its own dtypes"
-                ))));
-            }
-            write_from_hf(model, dir, temp.path())?
-        }
+        ModelSource::HfDir(dir) => write_from_hf(model, dir, temp.path())?,
         ModelSource::Gguf(_) => write_from_gguf(model, dtype.unwrap_or(StDtype::F32), temp.path())?,
     };
     temp.commit(out)?;

@@ -14,6 +14,9 @@
 //! - [`quant`]: dequantization of GGML blocks (F32/F16/BF16, Q4_0/1, Q5_0/1, Q8_0,
 //!   Q4_K/Q5_K/Q6_K) to `f32`, checked against the `gguf` Python package.
 //! - [`runtime`]: a check that libtorch is linked and computes (including autograd).
+//! - [`compute`]: the compute dtype ([`Dtype`]: f32, bf16, f16) and device of a model
+//!   ([`LoadOptions`], for [`LlamaModel::from_gguf_with`] / [`LlamaModel::from_hf_dir_with`]);
+//!   CUDA devices are checked before loading ([`compute::check_device`]).
 //!
 //! - [`llama`]: the Llama family (Llama 2, Mistral, Qwen2, SmolLM2) from GGUF or Hugging Face
 //!   safetensors, Gemma 3 from GGUF, and GPT-2 and GPT-J from Hugging Face safetensors, with
@@ -67,6 +70,7 @@
 #![deny(missing_docs)]
 
 pub mod atomic;
+pub mod compute;
 pub mod config;
 pub mod error;
 pub mod export;
@@ -80,6 +84,7 @@ pub mod quant;
 pub mod runtime;
 pub mod tokenizer;
 
+pub use compute::{Dtype, LoadOptions};
 pub use config::ModelConfig;
 pub use error::{ModelError, Result};
 pub use llama::LlamaModel;

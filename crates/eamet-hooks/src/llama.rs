@@ -1,5 +1,5 @@
 //! The Llama family (Llama 2, Mistral, Qwen2/2.5, DeepSeek-LLM, SmolLM2), Gemma 3, GPT-2 and
-//! GPT-J on libtorch, f32.
+//! GPT-J on libtorch, in f32 (default), bf16 or f16 ([`LoadOptions`]).
 //!
 //! RMSNorm, rotary embeddings (Hugging Face's half-split convention), grouped-query attention,
 //! SwiGLU MLP, tied or untied LM head, optional q/k/v biases (Qwen2). Loads GGUF files (any
@@ -20,7 +20,30 @@
 //! attention and MLP in parallel on one norm, and an LM head with a bias (GPT-J).
 //! [`Site::MlpKey`] is the input of `c_proj` / `fc_out` (after the GELU); [`Site::MlpOut`] and
 //! edits are at its output *with* its bias added. See `docs/design/gpt2-gptj.md`.
+//!
+//! **Compute dtype.** Loaded with [`Dtype::Bf16`] or [`Dtype::F16`], every weight is held in that
+//! type (GGUF and safetensors tensors are read as f32, then rounded once) and the forward pass
+//! runs in it, as transformers runs a model loaded with `torch_dtype=torch.bfloat16`:
+//! - RMSNorm upcasts: `x` to f32, `x·rsqrt(mean(x²) + eps)` in f32, then (Llama family, as
+//!   `LlamaRMSNorm`) cast back and multiplied by the weight in the compute dtype, or (Gemma 3,
+//!   as `Gemma3RMSNorm`) multiplied by the weight in f32 and cast back (Gemma's norm weights, the
+//!   GGUF's `1 + w`, stay f32: transformers adds the 1 in f32). LayerNorm (GPT-2, GPT-J)
+//!   runs libtorch's kernel on compute-dtype inputs (it accumulates in f32), as `nn.LayerNorm`.
+//! - Rotary tables are computed in f32 and cast to the compute dtype (`LlamaRotaryEmbedding`);
+//!   Gemma's embedding scale is rounded to the compute dtype first (`embed_scale.to(dtype)`).
+//! - The LM head runs in the compute dtype; its logits are cast to f32 before the soft cap and
+//!   the log-softmax, so logits and log-probabilities are always f32.
+//! - Captures come back f32; edit deltas (f32, possibly requiring grad) and [`Start`] states
+//!   are cast to the compute dtype (and moved to the model's device) inside the pass, so
+//!   gradients reach the caller's f32 `δ`.
+//! - [`EditableLm::w_out`] is the f32 widening of the held weight; [`EditableLm::apply_delta`]
+//!   accumulates deltas in f32 and holds `round(f32(W₀) + Σ Δ)`, `W₀` the loaded
+//!   (compute-dtype) weight, which [`EditableLm::restore`] puts back bit for bit.
+//!
+//! f32 models compute exactly as before this option existed (no cast is inserted: a cast to the
+//! tensor's own type is the identity).
 
+use crate::compute::{Dtype, LoadOptions};
 use crate::config::{Activation, Family, ModelConfig, NormKind, PositionKind};
 use crate::error::{io_err, ModelError, Result};
 use crate::gguf::GgufFile;
@@ -133,6 +156,7 @@ pub struct LlamaModel {
     source: ModelSource,
     sha256: std::sync::OnceLock<String>,
     device: Device,
+    dtype: Dtype,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -141,6 +165,7 @@ impl std::fmt::Debug for LlamaModel {
             .field("config", &self.cfg)
             .field("source", &self.source)
             .field("device", &self.device)
+            .field("dtype", &self.dtype)
             .finish()
     }
 }
@@ -151,6 +176,22 @@ trait TensorSource {
     fn get(&self, name: &str) -> Result<Option<Tensor>>;
     /// Whether the checkpoint holds `name` (without reading it).
     fn has(&self, name: &str) -> bool;
+}
+
+/// Where loaded weights go: the model's device, in its compute dtype (rounded on the CPU, then
+/// moved, so a GPU never holds the f32 copy).
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    device: Device,
+    kind: Kind,
+}
+
+impl Place {
+    /// `t` (f32, on the CPU) in the compute dtype on the device; the same tensor for f32 on the
+    /// CPU.
+    fn put(self, t: Tensor) -> Tensor {
+        t.to_kind(self.kind).to_device(self.device)
+    }
 }
 
 /// The weights of a model, as a family's loader reads them.
@@ -437,9 +478,23 @@ impl TensorSource for SafetensorsDir {
     }
 }
 
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
-    let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    x * (var + eps).rsqrt() * w
+/// RMSNorm over the last dimension. f32: `x·rsqrt(mean(x²) + eps)·w`. Another dtype, as
+/// transformers: normalized in f32, then cast back and scaled by `w` in that dtype
+/// (`LlamaRMSNorm`), or with `weight_in_f32` scaled in f32 and cast back (`Gemma3RMSNorm`).
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, weight_in_f32: bool) -> Tensor {
+    let kind = x.kind();
+    if kind == Kind::Float {
+        let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        return x * (var + eps).rsqrt() * w;
+    }
+    let xf = x.to_kind(Kind::Float);
+    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let n = xf * (var + eps).rsqrt();
+    if weight_in_f32 {
+        (n * w.to_kind(Kind::Float)).to_kind(kind)
+    } else {
+        n.to_kind(kind) * w
+    }
 }
 
 /// Rotary cos/sin tables of one pass: for the global layers, and for the sliding-window layers
@@ -548,6 +603,19 @@ impl LlamaModel {
     /// [`ModelError::UnsupportedArchitecture`] for another architecture; GGUF, tokenizer,
     /// missing-tensor and shape errors for a file that does not hold what its header says.
     pub fn from_gguf(path: impl AsRef<Path>, device: Device) -> Result<Self> {
+        Self::from_gguf_with(path, LoadOptions::on(device))
+    }
+
+    /// Load a GGUF file with a device and compute dtype (every quantization is dequantized to
+    /// f32, then rounded to the compute dtype).
+    ///
+    /// # Errors
+    /// [`ModelError::DeviceUnavailable`] (checked first, before reading anything) for a CUDA
+    /// device this process cannot use; [`ModelError::UnsupportedSetting`] for Gemma 3 in f16
+    /// (its residual stream overflows f16: use bf16); otherwise as
+    /// [`from_gguf`](Self::from_gguf).
+    pub fn from_gguf_with(path: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
+        opts.check()?;
         let path = path.as_ref();
         let file = GgufFile::open(path)?;
         let cfg = ModelConfig::from_gguf(&file)?;
@@ -560,13 +628,7 @@ impl LlamaModel {
             n_heads: cfg.n_heads as i64,
             n_kv_heads: cfg.n_kv_heads as i64,
         };
-        Self::build(
-            cfg,
-            tok,
-            &src,
-            ModelSource::Gguf(path.to_path_buf()),
-            device,
-        )
+        Self::build(cfg, tok, &src, ModelSource::Gguf(path.to_path_buf()), opts)
     }
 
     /// Load a Hugging Face checkpoint directory: `config.json`, `tokenizer.json`, and
@@ -578,6 +640,17 @@ impl LlamaModel {
     /// The configuration's errors ([`ModelConfig::from_hf_json`]); tokenizer, safetensors,
     /// [`ModelError::MissingTensor`] (naming the tensor) and shape errors.
     pub fn from_hf_dir(dir: impl AsRef<Path>, device: Device) -> Result<Self> {
+        Self::from_hf_dir_with(dir, LoadOptions::on(device))
+    }
+
+    /// Load a Hugging Face checkpoint directory with a device and compute dtype (f16 and bf16
+    /// checkpoints are widened to f32, then rounded to the compute dtype).
+    ///
+    /// # Errors
+    /// [`ModelError::DeviceUnavailable`] (checked first) for a CUDA device this process cannot
+    /// use; otherwise as [`from_hf_dir`](Self::from_hf_dir).
+    pub fn from_hf_dir_with(dir: impl AsRef<Path>, opts: LoadOptions) -> Result<Self> {
+        opts.check()?;
         let dir = dir.as_ref();
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
@@ -596,13 +669,19 @@ impl LlamaModel {
         let tok_path = dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&tok_path, id("bos_token_id"), id("eos_token_id"), false)?;
         let src = SafetensorsDir::open(dir)?;
-        Self::build(
-            cfg,
-            tok,
-            &src,
-            ModelSource::HfDir(dir.to_path_buf()),
-            device,
-        )
+        Self::build(cfg, tok, &src, ModelSource::HfDir(dir.to_path_buf()), opts)
+    }
+
+    /// Load the model `source` names again ([`from_gguf_with`](Self::from_gguf_with) or
+    /// [`from_hf_dir_with`](Self::from_hf_dir_with)).
+    ///
+    /// # Errors
+    /// As those.
+    pub fn from_source(source: &ModelSource, opts: LoadOptions) -> Result<Self> {
+        match source {
+            ModelSource::Gguf(p) => Self::from_gguf_with(p, opts),
+            ModelSource::HfDir(d) => Self::from_hf_dir_with(d, opts),
+        }
     }
 
     fn build(
@@ -610,8 +689,24 @@ impl LlamaModel {
         tok: Tokenizer,
         src: &dyn TensorSource,
         source: ModelSource,
-        device: Device,
+        opts: LoadOptions,
     ) -> Result<Self> {
+        if opts.dtype == Dtype::F16 && cfg.family == Family::Gemma3 {
+            // Measured on Gemma 3 270M: |h| passes 65504 by block 7 and reaches 1e5, so every
+            // f16 pass ends in inf/NaN (transformers advises against f16 for Gemma too).
+            return Err(ModelError::UnsupportedSetting {
+                arch: cfg.arch_name.clone(),
+                field: "compute dtype".into(),
+                value: "\"f16\"".into(),
+                supported: "f32, bf16; Gemma 3's residual stream exceeds f16's range (±65504)"
+                    .into(),
+            });
+        }
+        let device = opts.device;
+        let place = Place {
+            device,
+            kind: opts.dtype.kind(),
+        };
         let _guard = tch::no_grad_guard();
         if tok.vocab_size() > cfg.vocab_size {
             return Err(ModelError::Config(format!(
@@ -621,9 +716,9 @@ impl LlamaModel {
             )));
         }
         let w = match cfg.family {
-            Family::Llama | Family::Gemma3 => Self::load_llama(&cfg, src, device)?,
-            Family::Gpt2 => gpt::load_gpt2(&cfg, src, device)?,
-            Family::Gptj => gpt::load_gptj(&cfg, src, device)?,
+            Family::Llama | Family::Gemma3 => Self::load_llama(&cfg, src, place)?,
+            Family::Gpt2 => gpt::load_gpt2(&cfg, src, place)?,
+            Family::Gptj => gpt::load_gptj(&cfg, src, place)?,
         };
         // Frequencies over the rotary part of a head (the whole head but for GPT-J).
         let rd = cfg.rotary_width() as i64;
@@ -653,18 +748,30 @@ impl LlamaModel {
             source,
             sha256: std::sync::OnceLock::new(),
             device,
+            dtype: opts.dtype,
         })
     }
 
     /// Llama-family and Gemma 3 weights under their Hugging Face names.
-    fn load_llama(cfg: &ModelConfig, src: &dyn TensorSource, device: Device) -> Result<Weights> {
+    fn load_llama(cfg: &ModelConfig, src: &dyn TensorSource, place: Place) -> Result<Weights> {
         let (v, d, f) = (cfg.vocab_size as i64, cfg.d_model as i64, cfg.d_ff as i64);
         let (nh, nkv, hd) = (
             cfg.n_heads as i64,
             cfg.n_kv_heads as i64,
             cfg.head_dim as i64,
         );
-        let dev = |t: Tensor| t.to_device(device);
+        let dev = |t: Tensor| place.put(t);
+        // Gemma's GGUF norm weights hold `1 + w`, which transformers forms in f32
+        // (`1.0 + weight.float()`): kept in f32 rather than rounded to the compute dtype. The
+        // Llama family's norm weights are in the compute dtype, as in transformers.
+        let norm_place = match cfg.family {
+            Family::Gemma3 => Place {
+                kind: Kind::Float,
+                ..place
+            },
+            _ => place,
+        };
+        let dev_norm = |t: Tensor| norm_place.put(t);
         let embed = dev(require(src, "model.embed_tokens.weight", &[v, d])?);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
@@ -680,7 +787,7 @@ impl LlamaModel {
                 Ok(b.map(dev))
             };
             let norm = |s: &str, len: i64| -> Result<Option<Tensor>> {
-                Ok(Some(dev(require(src, &n(s), &[len])?)))
+                Ok(Some(dev_norm(require(src, &n(s), &[len])?)))
             };
             let (q_norm, k_norm) = if cfg.qk_norm {
                 (
@@ -702,7 +809,7 @@ impl LlamaModel {
                 (None, "post_attention_layernorm.weight", None)
             };
             blocks.push(Block {
-                attn_norm: Norm::rms(dev(require(src, &n("input_layernorm.weight"), &[d])?)),
+                attn_norm: Norm::rms(dev_norm(require(src, &n("input_layernorm.weight"), &[d])?)),
                 wq: dev(require(src, &n("self_attn.q_proj.weight"), &[nh * hd, d])?),
                 wk: dev(require(src, &n("self_attn.k_proj.weight"), &[nkv * hd, d])?),
                 wv: dev(require(src, &n("self_attn.v_proj.weight"), &[nkv * hd, d])?),
@@ -714,7 +821,7 @@ impl LlamaModel {
                 q_norm,
                 k_norm,
                 post_attn_norm,
-                mlp_norm: Some(Norm::rms(dev(require(src, &n(mlp_norm_name), &[d])?))),
+                mlp_norm: Some(Norm::rms(dev_norm(require(src, &n(mlp_norm_name), &[d])?))),
                 w_gate: Some(dev(require(src, &n("mlp.gate_proj.weight"), &[f, d])?)),
                 w_up: dev(require(src, &n("mlp.up_proj.weight"), &[f, d])?),
                 b_up: None,
@@ -723,7 +830,7 @@ impl LlamaModel {
                 post_mlp_norm,
             });
         }
-        let norm = Norm::rms(dev(require(src, "model.norm.weight", &[d])?));
+        let norm = Norm::rms(dev_norm(require(src, "model.norm.weight", &[d])?));
         let lm_head = if cfg.tied_embeddings {
             None
         } else {
@@ -744,9 +851,23 @@ impl LlamaModel {
         &self.source
     }
 
+    /// The compute dtype the model was loaded with.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The device and compute dtype the model was loaded with.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            device: self.device,
+            dtype: self.dtype,
+        }
+    }
+
     /// Every weight under its Hugging Face name (Llama's, or Gemma 3's for Gemma, GPT-2's or
     /// GPT-J's as transformers' `…LMHeadModel`/`…ForCausalLM` saves them, `transformer.`
-    /// prefix included), in f32 with the current values (edits included), shallow views of the
+    /// prefix included), in the model's compute dtype ([`LlamaModel::dtype`]: f32 unless loaded
+    /// otherwise) on its device, with the current values (edits included), shallow views of the
     /// model's tensors where the layout allows (GPT-2's `Conv1D` weights are transposed views,
     /// its fused `c_attn` a new tensor). The LM head weight appears only when it is not tied to
     /// the embedding. Q and K are in Hugging Face's rotary layout (GGUF's permutation already
@@ -832,8 +953,9 @@ impl LlamaModel {
     fn embed(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let e = self.embed.embedding_like(ids);
         let e = match self.cfg.embed_scale {
-            // The scale rounded to f32 first: the product is the f32 one.
-            Some(scale) => e * f64::from(scale as f32),
+            // The scale rounded to f32 (and to the compute dtype) first, as transformers casts
+            // it to the weights' dtype: the product is the one of that dtype.
+            Some(scale) => e * f64::from(self.dtype.round(scale as f32)),
             None => e,
         };
         let Some(wpe) = &self.pos_embed else {
@@ -852,7 +974,7 @@ impl LlamaModel {
     /// The norm of a block or the final one: RMSNorm or LayerNorm, per the configuration.
     fn normalize(&self, x: &Tensor, n: &Norm) -> Tensor {
         match self.cfg.norm {
-            NormKind::Rms => rms_norm(x, &n.w, self.cfg.rms_eps),
+            NormKind::Rms => self.rms(x, &n.w),
             NormKind::Layer => x.layer_norm(
                 [self.cfg.d_model as i64],
                 Some(&n.w),
@@ -863,11 +985,17 @@ impl LlamaModel {
         }
     }
 
-    /// Final norm, LM head (and soft cap, if any) on rows of hidden states: logits.
+    /// RMSNorm with this model's weight convention (Gemma scales in f32; see [`rms_norm`]).
+    fn rms(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        rms_norm(x, w, self.cfg.rms_eps, self.cfg.family == Family::Gemma3)
+    }
+
+    /// Final norm, LM head (in the compute dtype), then in f32 the soft cap, if any: logits.
     fn logits(&self, h_sel: &Tensor) -> Tensor {
         let logits = self
             .normalize(h_sel, &self.norm)
-            .linear(self.head(), self.lm_head_bias.as_ref());
+            .linear(self.head(), self.lm_head_bias.as_ref())
+            .to_kind(Kind::Float);
         match self.cfg.final_logit_softcap {
             Some(c) => (logits / c).tanh() * c,
             None => logits,
@@ -891,7 +1019,9 @@ impl LlamaModel {
                 Tensor::cat(&[&freqs, &freqs], -1)
             }
             .unsqueeze(1);
-            (emb.cos(), emb.sin())
+            // Computed in f32, used in the compute dtype (transformers' rotary embedding).
+            let kind = self.dtype.kind();
+            (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
         };
         Some(Rope {
             global: table(&self.inv_freq),
@@ -986,7 +1116,6 @@ impl LlamaModel {
             self.cfg.n_kv_heads as i64,
             self.cfg.head_dim as i64,
         );
-        let eps = self.cfg.rms_eps;
         let proj = |w: &Tensor, bias: &Option<Tensor>, heads: i64, norm: &Option<Tensor>| {
             let y = x.linear(w, bias.as_ref());
             let y = match packed {
@@ -996,7 +1125,7 @@ impl LlamaModel {
             let y = y.view([b, t, heads, hd]);
             // Per-head RMSNorm (zero padding rows stay zero).
             let y = match norm {
-                Some(n) => rms_norm(&y, n, eps),
+                Some(n) => self.rms(&y, n),
                 None => y,
             };
             y.transpose(1, 2)
@@ -1071,6 +1200,7 @@ impl LlamaModel {
                 None => flat_index(batch, &at.to_vec(), offset, self.device),
             }
         };
+        // Captures leave the model in f32 (the identity for an f32 model).
         let gather = |x: &Tensor, at: &Option<Vec<(usize, usize)>>, batch: &Batch| -> Tensor {
             let dim = *x.size().last().expect("hidden states have a width");
             match (at, pack) {
@@ -1079,7 +1209,9 @@ impl LlamaModel {
                 (Some(at), None) => x.reshape([b * t, dim]).index_select(0, &rows(at, batch)),
                 (Some(at), Some(_)) => x.index_select(0, &rows(at, batch)),
             }
+            .to_kind(Kind::Float)
         };
+        let kind = self.dtype.kind();
         for l in from..=to {
             let blk = &self.blocks[l];
             if let Some((batch, plan)) = plan {
@@ -1105,7 +1237,7 @@ impl LlamaModel {
             let x = self.normalize(&h, &blk.attn_norm);
             let a = self.attention(blk, &x, rot, mask, layer_cache, pack.map(|p| (p, b, t)));
             let a = match &blk.post_attn_norm {
-                Some(w) => rms_norm(&a, w, self.cfg.rms_eps),
+                Some(w) => self.rms(&a, w),
                 None => a,
             };
             // The MLP reads the norm of `h + a`, or in a parallel block (GPT-J) the attention's
@@ -1138,10 +1270,13 @@ impl LlamaModel {
                 for e in plan.edits.iter().filter(|e| e.layer == l) {
                     let d = self.cfg.d_model as i64;
                     let n_at = e.at.len() as i64;
-                    let delta = if e.delta.dim() == 1 {
-                        e.delta.view([1, d]).expand([n_at, d], false)
+                    // Differentiable casts (the identity for an f32 delta on the model's
+                    // device): gradients flow back to the caller's tensor.
+                    let e_delta = e.delta.to_device(self.device).to_kind(kind);
+                    let delta = if e_delta.dim() == 1 {
+                        e_delta.view([1, d]).expand([n_at, d], false)
                     } else {
-                        e.delta.shallow_clone()
+                        e_delta
                     };
                     m = match pack {
                         Some(_) => m.f_index_add(0, &rows(&e.at, batch), &delta)?,
@@ -1159,7 +1294,7 @@ impl LlamaModel {
             }
             // Captures and edits above see `m` before the post-MLP norm (if any).
             let m = match &blk.post_mlp_norm {
-                Some(w) => rms_norm(&m, w, self.cfg.rms_eps),
+                Some(w) => self.rms(&m, w),
                 None => m,
             };
             h = match mid {
@@ -1400,6 +1535,10 @@ impl EditableLm for LlamaModel {
         self.device
     }
 
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
     fn forward(&self, batch: &Batch, plan: &Plan) -> Result<Output> {
         self.validate_plan(batch, plan)?;
         if let Some(&t) = Vec::<i64>::try_from(batch.ids.flatten(0, -1))?
@@ -1413,8 +1552,10 @@ impl EditableLm for LlamaModel {
         let b = batch.rows() as i64;
         let offset = plan.start.as_ref().map_or(0, |s| s.from_slot);
         let t = (batch.width - offset) as i64;
+        let kind = self.dtype.kind();
         let (from, h0) = match &plan.start {
-            Some(s) => (s.layer, s.hidden.shallow_clone()),
+            // A start state from elsewhere (e.g. an f32 capture) joins in the compute dtype.
+            Some(s) => (s.layer, s.hidden.to_device(self.device).to_kind(kind)),
             None => (0, self.embed(&batch.ids, &batch.positions)?),
         };
         let to = plan.stop_after.unwrap_or(self.cfg.n_layers - 1);
@@ -1425,7 +1566,17 @@ impl EditableLm for LlamaModel {
             plan.start.as_ref().filter(|s| s.from_slot > 0).map(|s| {
                 s.past
                     .iter()
-                    .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()))
+                    .map(|(k, v)| {
+                        // Layers below the start hold no keys (undefined tensors).
+                        let put = |x: &Tensor| {
+                            if x.defined() {
+                                x.to_device(self.device).to_kind(kind)
+                            } else {
+                                x.shallow_clone()
+                            }
+                        };
+                        (put(k), put(v))
+                    })
                     .collect()
             });
         let mut caps: Vec<Option<Tensor>> = (0..plan.captures.len()).map(|_| None).collect();
@@ -1670,7 +1821,12 @@ impl EditableLm for LlamaModel {
 
     fn w_out(&self, layer: usize) -> Result<Tensor> {
         self.check_layer(layer)?;
-        Ok(self.blocks[layer].w_down.copy())
+        let w = &self.blocks[layer].w_down;
+        Ok(if w.kind() == Kind::Float {
+            w.copy()
+        } else {
+            w.to_kind(Kind::Float)
+        })
     }
 
     fn apply_delta(&mut self, layer: usize, delta: &Tensor) -> Result<()> {
@@ -1691,13 +1847,19 @@ impl EditableLm for LlamaModel {
         let _g = tch::no_grad_guard();
         let d = delta.to_device(self.device).to_kind(Kind::Float);
         let w = &mut self.blocks[layer].w_down;
+        let kind = w.kind();
         let (orig, acc) = self
             .originals
             .entry(layer)
-            .or_insert_with(|| (w.copy(), w.zeros_like()));
+            .or_insert_with(|| (w.copy(), Tensor::zeros(w.size(), (Kind::Float, w.device()))));
         // W = W0 + sum of deltas: the same bits whether deltas came one by one or from a patch.
+        // The sum stays f32; a reduced-precision model holds the rounded result.
         *acc = &*acc + d;
-        *w = &*orig + &*acc;
+        *w = if kind == Kind::Float {
+            &*orig + &*acc
+        } else {
+            (orig.to_kind(Kind::Float) + &*acc).to_kind(kind)
+        };
         Ok(())
     }
 

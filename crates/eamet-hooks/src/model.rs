@@ -9,6 +9,7 @@
 //! - start at a layer from cached hidden states, or stop after a layer;
 //! - return log-probabilities only at requested positions, for requested tokens.
 
+use crate::compute::Dtype;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
@@ -272,8 +273,16 @@ pub trait EditableLm {
     fn config(&self) -> &ModelConfig;
     /// The tokenizer.
     fn tokenizer(&self) -> &Tokenizer;
-    /// Device the weights live on.
+    /// Device the weights live on. Tensors handed to the model (edit deltas, start states)
+    /// belong there; what it returns lives there too (copy to the CPU to read values).
     fn device(&self) -> Device;
+    /// The type the weights are held and the forward pass computed in ([`Dtype::F32`] unless
+    /// loaded otherwise). Whatever it is, captures, logits and log-probabilities,
+    /// [`w_out`](Self::w_out) and [`accumulated_delta`](Self::accumulated_delta) are f32, and
+    /// f32 edit deltas are accepted (and differentiated through).
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
     /// One forward pass with interventions.
     fn forward(&self, batch: &Batch, plan: &Plan) -> Result<Output>;
     /// Saved state to resume `batch` at block `layer`, recomputing only slots `from_slot..T`
@@ -299,9 +308,11 @@ pub trait EditableLm {
         pick: Option<&mut TokenPicker<'_>>,
     ) -> Result<Vec<Generation>>;
     /// `W_out` of a block in key→residual orientation: `[d_model, d_ff]`, so that
-    /// `mlp_out = W_out · key`. A copy.
+    /// `mlp_out = W_out · key`. A copy, in f32 (the compute-dtype weights, widened).
     fn w_out(&self, layer: usize) -> Result<Tensor>;
     /// `W_out += delta` (`delta` is `[d_model, d_ff]`, key→residual), whatever the storage.
+    /// Deltas accumulate in f32; a reduced-precision model holds `round(W₀ + Σ delta)` with
+    /// `W₀` its loaded weights.
     fn apply_delta(&mut self, layer: usize, delta: &Tensor) -> Result<()>;
     /// Undo every [`EditableLm::apply_delta`]: bit-exact original weights.
     fn restore(&mut self);

@@ -529,13 +529,22 @@ fn open_store<M: EditableLm + ?Sized>(
         .flat_map(|x| x.to_le_bytes())
         .chain((keys_at_lr.ncols() as u64).to_le_bytes())
         .collect();
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "layer": layer,
         "schedule": schedule.normalized(),
         "hparams": hp,
         "objective": objective.describe(),
         "threads": tch::get_num_threads(),
     });
+    // The compute dtype and device change the residuals: recorded (and so checked on resume)
+    // only when not the defaults, so f32 CPU runs keep the configuration hash they always had.
+    if model.dtype() != eamet_hooks::Dtype::F32 {
+        config["dtype"] = model.dtype().name().into();
+    }
+    if model.device() != tch::Device::Cpu {
+        // The kind of device, not its index: a run may resume on another GPU of the same kind.
+        config["device"] = "cuda".into();
+    }
     let manifest = Manifest::new(
         model.base_sha256()?,
         sha256_hex(&facts_json),

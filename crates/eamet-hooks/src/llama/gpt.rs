@@ -6,10 +6,10 @@
 //! columns q | k | v, biases likewise) split into q, k and v. GPT-J's weights are `nn.Linear`
 //! already. See `docs/design/gpt2-gptj.md` for the full mapping.
 
-use super::{require, Block, LlamaModel, Norm, TensorSource, Weights};
+use super::{require, Block, LlamaModel, Norm, Place, TensorSource, Weights};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 /// The prefix of the tensor names: `transformer.` as `GPT2LMHeadModel` / `GPTJForCausalLM`
 /// save them, or none for checkpoints saved from the bare `GPT2Model` / `GPTJModel` (the
@@ -23,10 +23,10 @@ fn prefix(src: &dyn TensorSource) -> &'static str {
 }
 
 /// A LayerNorm's weight and bias (`{name}.weight`, `{name}.bias`).
-fn layer_norm(src: &dyn TensorSource, name: &str, d: i64, device: Device) -> Result<Norm> {
+fn layer_norm(src: &dyn TensorSource, name: &str, d: i64, place: Place) -> Result<Norm> {
     Ok(Norm {
-        w: require(src, &format!("{name}.weight"), &[d])?.to_device(device),
-        b: Some(require(src, &format!("{name}.bias"), &[d])?.to_device(device)),
+        w: place.put(require(src, &format!("{name}.weight"), &[d])?),
+        b: Some(place.put(require(src, &format!("{name}.bias"), &[d])?)),
     })
 }
 
@@ -47,11 +47,11 @@ fn sizes(cfg: &ModelConfig) -> (i64, i64, i64) {
 pub(super) fn load_gpt2(
     cfg: &ModelConfig,
     src: &dyn TensorSource,
-    device: Device,
+    place: Place,
 ) -> Result<Weights> {
     let (v, d, f) = sizes(cfg);
     let p = prefix(src);
-    let dev = |t: Tensor| t.to_device(device);
+    let dev = |t: Tensor| place.put(t);
     let embed = dev(require(src, &format!("{p}wte.weight"), &[v, d])?);
     let wpe = dev(require(
         src,
@@ -69,7 +69,7 @@ pub(super) fn load_gpt2(
         let qkv_bias = require(src, &n("attn.c_attn.bias"), &[3 * d])?;
         let third = |t: &Tensor, i: i64| dev(t.narrow(0, i * d, d).contiguous());
         blocks.push(Block {
-            attn_norm: layer_norm(src, &n("ln_1"), d, device)?,
+            attn_norm: layer_norm(src, &n("ln_1"), d, place)?,
             wq: third(&qkv, 0),
             wk: third(&qkv, 1),
             wv: third(&qkv, 2),
@@ -81,7 +81,7 @@ pub(super) fn load_gpt2(
             q_norm: None,
             k_norm: None,
             post_attn_norm: None,
-            mlp_norm: Some(layer_norm(src, &n("ln_2"), d, device)?),
+            mlp_norm: Some(layer_norm(src, &n("ln_2"), d, place)?),
             w_gate: None,
             w_up: dev(conv1d(src, &n("mlp.c_fc.weight"), d, f)?),
             b_up: bias("mlp.c_fc.bias", f)?,
@@ -91,7 +91,7 @@ pub(super) fn load_gpt2(
             post_mlp_norm: None,
         });
     }
-    let norm = layer_norm(src, &format!("{p}ln_f"), d, device)?;
+    let norm = layer_norm(src, &format!("{p}ln_f"), d, place)?;
     let lm_head = if cfg.tied_embeddings {
         None
     } else {
@@ -113,11 +113,11 @@ pub(super) fn load_gpt2(
 pub(super) fn load_gptj(
     cfg: &ModelConfig,
     src: &dyn TensorSource,
-    device: Device,
+    place: Place,
 ) -> Result<Weights> {
     let (v, d, f) = sizes(cfg);
     let p = prefix(src);
-    let dev = |t: Tensor| t.to_device(device);
+    let dev = |t: Tensor| place.put(t);
     let embed = dev(require(src, &format!("{p}wte.weight"), &[v, d])?);
     let mut blocks = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
@@ -125,7 +125,7 @@ pub(super) fn load_gptj(
         let get =
             |s: &str, shape: &[i64]| -> Result<Tensor> { Ok(dev(require(src, &n(s), shape)?)) };
         blocks.push(Block {
-            attn_norm: layer_norm(src, &n("ln_1"), d, device)?,
+            attn_norm: layer_norm(src, &n("ln_1"), d, place)?,
             wq: get("attn.q_proj.weight", &[d, d])?,
             wk: get("attn.k_proj.weight", &[d, d])?,
             wv: get("attn.v_proj.weight", &[d, d])?,
@@ -147,7 +147,7 @@ pub(super) fn load_gptj(
             post_mlp_norm: None,
         });
     }
-    let norm = layer_norm(src, &format!("{p}ln_f"), d, device)?;
+    let norm = layer_norm(src, &format!("{p}ln_f"), d, place)?;
     let lm_head = if cfg.tied_embeddings {
         None
     } else {

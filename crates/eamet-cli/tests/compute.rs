@@ -1,0 +1,137 @@
+//! `--dtype` and `--device` on every command that runs the model: bad values are clap's usage
+//! errors listing the choices; CUDA without CUDA in this build is one clear error line (before
+//! any file is read); `export` keeps `--dtype` as the name of its output dtype; and SmolLM2
+//! completes in bf16 (when the model of `cargo xtask setup` is present).
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+const MODEL_COMMANDS: [&[&str]; 7] = [
+    &["edit"],
+    &["eval", "--dataset", "missing.json", "--report", "r"],
+    &["stats"],
+    &["score"],
+    &["generate", "--prompt", "x"],
+    &["apply-patch", "--patch", "missing.safetensors"],
+    &["info"],
+];
+
+fn eamet() -> Command {
+    Command::cargo_bin("eamet").unwrap()
+}
+
+#[test]
+fn dtype_and_device_values_are_checked_by_clap() {
+    for cmd in MODEL_COMMANDS {
+        eamet()
+            .args(cmd)
+            .args(["--dtype", "f64"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("--dtype"))
+            .stderr(predicate::str::contains(
+                "[possible values: f32, bf16, f16]",
+            ));
+        eamet()
+            .args(cmd)
+            .args(["--device", "gpu"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("--device"))
+            .stderr(predicate::str::contains("cpu, cuda or cuda:N"));
+        eamet()
+            .arg(cmd[0])
+            .arg("--help")
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("--dtype <DTYPE>"))
+            .stdout(predicate::str::contains("--device <DEVICE>"));
+    }
+}
+
+#[test]
+fn cuda_without_cuda_is_one_clear_error_line() {
+    if eamet::hooks::tch::Cuda::is_available() {
+        eprintln!("skipped: CUDA is available here");
+        return;
+    }
+    for cmd in MODEL_COMMANDS {
+        for device in ["cuda", "cuda:1"] {
+            let out = eamet()
+                .args(cmd)
+                .args(["--device", device, "--dtype", "bf16"])
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{cmd:?}: {err}");
+            let l = lines[0];
+            assert!(l.starts_with("eamet: error: device cuda:"), "{l}");
+            for needle in [
+                "CUDA is not available",
+                "LIBTORCH",
+                "EAMET_CUDA",
+                "--device cpu",
+            ] {
+                assert!(l.contains(needle), "{needle:?} not in {l}");
+            }
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn export_keeps_dtype_as_its_output_dtype() {
+    // `--dtype` and `--out-dtype` name one setting on `export`; they must agree.
+    let out = eamet()
+        .args([
+            "export",
+            "--patch",
+            "p.safetensors",
+            "--out",
+            "o",
+            "--dtype",
+            "bf16",
+            "--out-dtype",
+            "f16",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disagree"));
+    // On `edit`, --out-dtype is the output dtype and --dtype the compute dtype: both parse.
+    eamet()
+        .args(["edit", "--out-dtype", "bf16", "--dtype", "f16", "--help"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn smollm2_completes_in_bf16() {
+    if !eamet::hooks::paths::default_model().is_some_and(|p| p.exists()) {
+        eprintln!("skipped: the SmolLM2 model is missing; run `cargo xtask setup`");
+        return;
+    }
+    let out = eamet()
+        .args([
+            "generate",
+            "--dtype",
+            "bf16",
+            "--prompt",
+            "The Eiffel Tower is located in the city of",
+            "--max-new",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = v[0]["completion"].as_str().unwrap();
+    assert!(c.starts_with(" Paris"), "{c:?}");
+}
