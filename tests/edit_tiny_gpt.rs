@@ -8,11 +8,16 @@ use eamet::hooks::{Batch, EditableLm, LlamaModel, Padding};
 use eamet::{EditHparams, EditOptions, Editor, Fact, Method};
 use std::path::PathBuf;
 
+/// `EAMET_TEST_DEVICE` (default cpu): run these checks on a GPU when one is present.
+fn dev() -> Device {
+    eamet::hooks::compute::device_from_env("EAMET_TEST_DEVICE").unwrap()
+}
+
 fn load(name: &str) -> LlamaModel {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("crates/eamet-hooks/tests/golden")
         .join(name);
-    LlamaModel::from_hf_dir(dir, Device::Cpu).unwrap()
+    LlamaModel::from_hf_dir(dir, dev()).unwrap()
 }
 
 /// Made-up facts with one-token targets (the tiny tokenizer has few merges) and the subject at
@@ -40,7 +45,7 @@ fn logits(m: &LlamaModel, texts: &[String]) -> Tensor {
         .iter()
         .map(|t| m.tokenizer().encode(t).unwrap())
         .collect();
-    let b = Batch::new(&ids, m.tokenizer().pad_id, Padding::Right, Device::Cpu).unwrap();
+    let b = Batch::new(&ids, m.tokenizer().pad_id, Padding::Right, m.device()).unwrap();
     m.last_logits(&b).unwrap()
 }
 

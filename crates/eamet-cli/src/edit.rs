@@ -65,6 +65,9 @@ pub fn run(a: EditArgs) -> Result<()> {
         a.block,
         model.config().n_layers,
     )?;
+    if let Some(o) = &a.out {
+        o.check_layers(&path, &hp.layers)?;
+    }
     if !a.json {
         println!("model   {} ({})", path.display(), a.load.describe());
         println!(

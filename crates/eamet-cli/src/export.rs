@@ -4,7 +4,8 @@
 use crate::common::{load_model, resolve_model};
 use anyhow::{bail, Result};
 use eamet::hooks::export::{
-    check_output, save_gguf, save_safetensors_dir, EditMetadata, EditedType, OutputOptions, StDtype,
+    check_gguf_edited_types, check_output, save_gguf, save_safetensors_dir, EditMetadata,
+    EditedType, OutputOptions, StDtype,
 };
 use eamet::hooks::patch::{sha256_file, Patch};
 use eamet::hooks::LlamaModel;
@@ -83,6 +84,21 @@ impl OutSpec {
         Ok(())
     }
 
+    /// For a GGUF export of a GGUF model: that the `ffn_down` tensors of `layers` can be written
+    /// as `--edited-type` asks. Run before the edit, so that `--edited-type source` on a K-quant
+    /// file (Q4_K, Q6_K) fails at once rather than after the optimization.
+    pub fn check_layers(&self, model_path: &Path, layers: &[usize]) -> Result<()> {
+        if self.format()? != Format::Gguf || !model_path.is_file() {
+            return Ok(());
+        }
+        let t = match &self.edited_type {
+            Some(t) => t.parse()?,
+            None => EditedType::default(),
+        };
+        check_gguf_edited_types(model_path, layers, t)?;
+        Ok(())
+    }
+
     /// Writes `model` (edits applied) and prints what was written.
     pub fn write(&self, model: &LlamaModel, meta: &EditMetadata, json: bool) -> Result<()> {
         let opts = OutputOptions {
@@ -149,6 +165,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
     a.out.check(&path)?;
     check_output(&a.out.out, std::slice::from_ref(&a.patch), a.out.overwrite)?;
     let patch = Patch::load(&a.patch)?;
+    a.out
+        .check_layers(&path, &patch.deltas.keys().copied().collect::<Vec<_>>())?;
     // Export writes weights, it computes nothing: the model is read in f32 on the CPU.
     let mut model = load_model(&path, eamet::hooks::LoadOptions::default())?;
     patch.apply(&mut model, &a.patch)?;

@@ -303,7 +303,8 @@ enum Command {
     ///
     /// Example: eamet info --model ~/.cache/eamet/models/SmolLM2-135M-Instruct.Q4_1.gguf
     Info {
-        /// GGUF model file (default: the SmolLM2 model fetched by `cargo xtask setup`).
+        /// GGUF file or Hugging Face checkpoint directory (default: the SmolLM2 model fetched
+        /// by `cargo xtask setup`).
         #[arg(long)]
         model: Option<PathBuf>,
         /// Prompts to complete greedily (default: three facts SmolLM2 knows).
@@ -414,15 +415,25 @@ fn info(
     opts: eamet::hooks::LoadOptions,
 ) -> anyhow::Result<()> {
     let path = resolve_model(model)?;
-    let r = eamet::inspect_model(&path)?;
-    println!("model          {}", path.display());
-    println!("{}", r.info);
+    let runtime = if path.is_dir() {
+        // A Hugging Face directory: its hyperparameters are printed once it is loaded.
+        println!(
+            "model          {} (Hugging Face checkpoint)",
+            path.display()
+        );
+        eamet::hooks::runtime::self_check()?
+    } else {
+        let r = eamet::inspect_model(&path)?;
+        println!("model          {}", path.display());
+        println!("{}", r.info);
+        r.runtime
+    };
     println!(
         "libtorch       ok (dot = {}, autograd grad = {:?}, {} threads, CUDA {})",
-        r.runtime.dot,
-        r.runtime.grad,
-        r.runtime.threads,
-        if r.runtime.cuda {
+        runtime.dot,
+        runtime.grad,
+        runtime.threads,
+        if runtime.cuda {
             "available"
         } else {
             "not available"
@@ -431,10 +442,17 @@ fn info(
     let t = std::time::Instant::now();
     let model = load(&path, opts)?;
     println!(
-        "loaded         in {:.2} s (dequantized to f32, computing in {})",
+        "loaded         in {:.2} s (weights as f32, computing in {})",
         t.elapsed().as_secs_f64(),
         opts.describe()
     );
+    if path.is_dir() {
+        let c = eamet::hooks::EditableLm::config(&model);
+        println!(
+            "architecture   {} ({} layers, d_model {}, d_ff {}, vocabulary {})",
+            c.arch_name, c.n_layers, c.d_model, c.d_ff, c.vocab_size
+        );
+    }
     let prompts = if prompts.is_empty() {
         DEMO_PROMPTS.iter().map(|s| s.to_string()).collect()
     } else {

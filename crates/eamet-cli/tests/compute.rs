@@ -135,3 +135,21 @@ fn smollm2_completes_in_bf16() {
     let c = v[0]["completion"].as_str().unwrap();
     assert!(c.starts_with(" Paris"), "{c:?}");
 }
+
+/// `info` opens a Hugging Face checkpoint directory as well as a GGUF file, and prints its shape
+/// once loaded (the tiny random-weight GPT-2 of the golden files: 3 layers, d_model 64).
+#[test]
+fn info_opens_a_hugging_face_directory() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../eamet-hooks/tests/golden/tiny-gpt2");
+    eamet()
+        .args(["info", "--model"])
+        .arg(&dir)
+        .args(["--prompt", "The capital of Japan is"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(Hugging Face checkpoint)"))
+        .stdout(predicate::str::contains(
+            "(3 layers, d_model 64, d_ff 256, vocabulary",
+        ));
+}

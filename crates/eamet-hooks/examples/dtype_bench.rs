@@ -4,7 +4,12 @@
 //! ```sh
 //! cargo run --release -p eamet-hooks --example dtype_bench            # CPU
 //! BENCH_REPS=9 cargo run --release -p eamet-hooks --example dtype_bench -- cuda
+//! BENCH_MODEL=path/to/hf-dir-or.gguf cargo run --release -p eamet-hooks --example dtype_bench
 //! ```
+//!
+//! `BENCH_DTYPES=f32,bf16` measures only those (f32, the reference, is always measured first).
+//! `BENCH_MODEL` swaps in another checkpoint (a GGUF file or a Hugging Face directory); the
+//! accuracy prompts are then re-encoded from text, so any tokenizer works.
 //!
 //! - **forward**: 16 prompts × 20 tokens (seeded random ids, no padding), no grad, log-probs at
 //!   the last position; median of `BENCH_REPS` (default 7) runs after two warm-up runs.
@@ -16,6 +21,7 @@
 //!   max and mean |Δlogit|, the same over the logits' standard deviation, and greedy next-token
 //!   agreement.
 
+use eamet_hooks::llama::ModelSource;
 use eamet_hooks::tch::{self, Device, Kind, Tensor};
 use eamet_hooks::{
     Batch, Dtype, Edit, EditableLm, LlamaModel, LoadOptions, LogProbs, Padding, Plan,
@@ -41,24 +47,19 @@ fn median(reps: usize, mut f: impl FnMut()) -> f64 {
     ts[ts.len() / 2]
 }
 
-/// The 16 accuracy prompts: golden ids, then the demo facts' prompts.
+/// The 16 accuracy prompts: the golden prompts, then the demo facts' prompts.
 fn prompts(m: &LlamaModel) -> Vec<Vec<u32>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let doc: Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("tests/golden/smollm2.json")).unwrap(),
     )
     .unwrap();
-    let mut ids: Vec<Vec<u32>> = doc["ids"]
+    // Encoded here (the golden ids are SmolLM2's), so that any tokenizer works.
+    let mut ids: Vec<Vec<u32>> = doc["prompts"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect()
-        })
+        .map(|p| m.tokenizer().encode(p.as_str().unwrap()).unwrap())
         .collect();
     let demo = std::fs::read_to_string(root.join("../../facts/demo.jsonl")).unwrap();
     for line in demo.lines().filter(|l| l.trim_start().starts_with('{')) {
@@ -80,9 +81,9 @@ struct Row {
     logits: Tensor,
 }
 
-fn measure(path: &std::path::Path, opts: LoadOptions, reps: usize, acc_ids: &[Vec<u32>]) -> Row {
+fn measure(source: &ModelSource, opts: LoadOptions, reps: usize, acc_ids: &[Vec<u32>]) -> Row {
     let t = Instant::now();
-    let m = LlamaModel::from_gguf_with(path, opts).expect("run `cargo xtask setup` first");
+    let m = LlamaModel::from_source(source, opts).expect("run `cargo xtask setup` first");
     let load_s = t.elapsed().as_secs_f64();
     let dev = opts.device;
     tch::manual_seed(0);
@@ -170,22 +171,41 @@ fn main() {
         .nth(1)
         .map(|d| eamet_hooks::compute::parse_device(&d).unwrap())
         .unwrap_or(Device::Cpu);
-    let path = eamet_hooks::paths::default_model().expect("a cache directory");
+    let source = match std::env::var_os("BENCH_MODEL").map(PathBuf::from) {
+        Some(p) if p.is_dir() => ModelSource::HfDir(p),
+        Some(p) => ModelSource::Gguf(p),
+        None => ModelSource::Gguf(eamet_hooks::paths::default_model().expect("a cache directory")),
+    };
+    let name = match &source {
+        ModelSource::Gguf(p) | ModelSource::HfDir(p) => p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
     let acc_ids = {
-        let m = LlamaModel::from_gguf(&path, Device::Cpu).expect("run `cargo xtask setup` first");
+        let m = LlamaModel::from_source(&source, LoadOptions::default())
+            .expect("run `cargo xtask setup` first");
         prompts(&m)
+    };
+    let wanted: Vec<Dtype> = match std::env::var("BENCH_DTYPES") {
+        Ok(v) if !v.trim().is_empty() => v
+            .split(',')
+            .map(|d| d.trim().parse().expect("BENCH_DTYPES: f32, bf16 or f16"))
+            .collect(),
+        _ => Dtype::ALL.to_vec(),
     };
     let rows: Vec<Row> = Dtype::ALL
         .iter()
+        .filter(|d| **d == Dtype::F32 || wanted.contains(d))
         .map(|&dtype| {
             let opts = LoadOptions { device, dtype };
             eprintln!("measuring {} ...", opts.describe());
-            measure(&path, opts, reps, &acc_ids)
+            measure(&source, opts, reps, &acc_ids)
         })
         .collect();
     let f32r = &rows[0];
     println!(
-        "SmolLM2-135M-Instruct Q4_1 on {}, {} libtorch threads, median of {reps} runs\n",
+        "{name} on {}, {} libtorch threads, median of {reps} runs\n",
         eamet_hooks::compute::device_name(device),
         tch::get_num_threads()
     );

@@ -123,6 +123,20 @@ pub fn parse_device(s: &str) -> Result<Device> {
     }
 }
 
+/// The device named by the environment variable `var` ([`parse_device`]'s forms), or the CPU
+/// when it is unset or empty. Test suites use it (`EAMET_TEST_DEVICE=cuda cargo test`) to run the
+/// same checks on a GPU when one is present.
+///
+/// # Errors
+/// [`ModelError::Request`] naming the variable when its value is not a device.
+pub fn device_from_env(var: &str) -> Result<Device> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => parse_device(&v)
+            .map_err(|e| ModelError::Request(format!("environment variable {var}: {e}"))),
+        _ => Ok(Device::Cpu),
+    }
+}
+
 /// A device as [`parse_device`] reads it: `cpu`, `cuda:N` (others as libtorch names them).
 pub fn device_name(d: Device) -> String {
     match d {
@@ -248,6 +262,10 @@ mod tests {
             assert!(e.contains("cpu, cuda or cuda:N"), "{e}");
         }
         assert_eq!(device_name(Device::Cuda(1)), "cuda:1");
+        assert_eq!(
+            device_from_env("EAMET_TEST_SURELY_UNSET_VARIABLE").unwrap(),
+            Device::Cpu
+        );
         assert!(check_device(Device::Cpu).is_ok());
     }
 }

@@ -483,6 +483,34 @@ pub fn ffn_down_name(layer: usize) -> String {
     format!("blk.{layer}.ffn_down.weight")
 }
 
+/// Checks, before any edit is computed, that [`save_gguf`] can write the `ffn_down` tensors of
+/// `layers` of the GGUF file `path` as `edited` resolves for their stored types. A K-quant
+/// source (Q4_K, Q6_K, as in most published GGUF files) with [`EditedType::Source`] is the
+/// common refusal: eamet reads K-quants but does not write them yet.
+///
+/// # Errors
+/// [`ExportError::UnknownTensor`] for a layer the file lacks; [`ExportError::Encode`] (with
+/// [`QuantError::QuantizeUnsupported`], which lists the writable types) naming the first tensor
+/// whose type cannot be written; a GGUF error when the file does not parse.
+pub fn check_gguf_edited_types(path: &Path, layers: &[usize], edited: EditedType) -> Result<()> {
+    let src = GgufFile::open(path)?;
+    for &layer in layers {
+        let name = ffn_down_name(layer);
+        let info = src
+            .tensor(&name)
+            .ok_or_else(|| export_err(ExportError::UnknownTensor { name: name.clone() }))?;
+        let dtype = edited.resolve(info.dtype);
+        if !crate::quant::can_quantize(dtype) {
+            return Err(export_err(ExportError::Encode {
+                name,
+                dtype,
+                source: QuantError::QuantizeUnsupported { dtype },
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// For a model that computes in bf16 or f16: an f32 CPU copy loaded again from its source, with
 /// the model's accumulated deltas applied (bit for bit the f32 model edited with them). `None`
 /// for an f32 model (exported as it is).

@@ -288,8 +288,18 @@ impl GgmlType {
 }
 
 impl fmt::Display for GgmlType {
+    /// GGML's own name (`Q4_K`, `Q8_0`, `BF16`), as llama.cpp prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        let k = match self {
+            GgmlType::Q2K => "Q2_K",
+            GgmlType::Q3K => "Q3_K",
+            GgmlType::Q4K => "Q4_K",
+            GgmlType::Q5K => "Q5_K",
+            GgmlType::Q6K => "Q6_K",
+            GgmlType::Q8K => "Q8_K",
+            other => return fmt::Debug::fmt(other, f),
+        };
+        f.write_str(k)
     }
 }
 

@@ -659,7 +659,7 @@ mod tests {
             }
         ));
         let msg = e.to_string();
-        assert!(msg.contains("Q4K"), "{msg}");
+        assert!(msg.contains("Q4_K"), "{msg}");
         assert!(
             msg.contains("supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1"),
             "{msg}"

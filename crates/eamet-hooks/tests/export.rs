@@ -4,8 +4,8 @@
 //! requests without leaving files behind.
 
 use eamet_hooks::export::{
-    save_gguf, save_safetensors_dir, write_gguf, EditMetadata, EditedType, ExportError,
-    OutputOptions, StDtype, TensorReplacement,
+    check_gguf_edited_types, save_gguf, save_safetensors_dir, write_gguf, EditMetadata, EditedType,
+    ExportError, OutputOptions, StDtype, TensorReplacement,
 };
 use eamet_hooks::gguf::{GgmlType, GgufFile, MetaValue};
 use eamet_hooks::patch::Patch;
@@ -413,5 +413,72 @@ fn gguf_export_refuses_bad_requests_and_leaves_nothing() {
     assert_eq!(
         sha(&std::fs::read(&out).unwrap()),
         sha(&std::fs::read(&path).unwrap())
+    );
+}
+
+/// A minimal GGUF v3 file (no metadata) with `blk.0.ffn_down.weight` stored as Q4_K (one
+/// 256-value block of 144 bytes) and `blk.1.ffn_down.weight` as Q4_1 (one 32-value block of
+/// 20 bytes), written byte by byte from the format description.
+fn k_quant_gguf(path: &Path) {
+    let mut b: Vec<u8> = Vec::new();
+    b.extend(0x4655_4747u32.to_le_bytes()); // "GGUF"
+    b.extend(3u32.to_le_bytes());
+    b.extend(2u64.to_le_bytes()); // tensors
+    b.extend(0u64.to_le_bytes()); // metadata pairs
+    let tensors: [(&str, u64, u32, u64); 2] = [
+        ("blk.0.ffn_down.weight", 256, 12, 0), // Q4_K
+        ("blk.1.ffn_down.weight", 32, 3, 160), // Q4_1, next 32-byte boundary
+    ];
+    for (name, n, ty, offset) in tensors {
+        b.extend((name.len() as u64).to_le_bytes());
+        b.extend(name.as_bytes());
+        b.extend(2u32.to_le_bytes());
+        b.extend(n.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+    }
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend([0u8; 180]);
+    std::fs::write(path, b).unwrap();
+}
+
+/// `--edited-type source` on a K-quant file is refused before any edit is computed, naming the
+/// tensor and its type; types eamet writes (Q4_1 as source, f32, f16, q8_0) pass.
+#[test]
+fn k_quant_sources_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.gguf");
+    k_quant_gguf(&path);
+    let f = GgufFile::open(&path).unwrap();
+    assert_eq!(
+        f.tensor("blk.0.ffn_down.weight").unwrap().dtype,
+        GgmlType::Q4K
+    );
+    let e = check_gguf_edited_types(&path, &[1, 0], EditedType::Source).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::Export(x) if matches!(**x,
+            ExportError::Encode { ref name, dtype: GgmlType::Q4K, .. } if name == "blk.0.ffn_down.weight")),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("blk.0.ffn_down.weight") && msg.contains("Q4_K"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Q8_0"),
+        "the message lists the writable types: {msg}"
+    );
+    check_gguf_edited_types(&path, &[1], EditedType::Source).unwrap();
+    for t in ["f32", "f16", "q8_0"] {
+        check_gguf_edited_types(&path, &[0, 1], t.parse().unwrap()).unwrap();
+    }
+    let e = check_gguf_edited_types(&path, &[2], EditedType::Source).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::Export(x) if matches!(**x, ExportError::UnknownTensor { .. })),
+        "{e:?}"
     );
 }

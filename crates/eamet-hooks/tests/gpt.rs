@@ -17,6 +17,11 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// `EAMET_TEST_DEVICE` (default cpu): run these checks on a GPU when one is present.
+fn dev() -> Device {
+    eamet_hooks::compute::device_from_env("EAMET_TEST_DEVICE").unwrap()
+}
+
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
@@ -59,18 +64,21 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 fn load(name: &str) -> LlamaModel {
-    LlamaModel::from_hf_dir(golden_dir().join(name), Device::Cpu).unwrap()
+    LlamaModel::from_hf_dir(golden_dir().join(name), dev()).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &[f32]) -> f64 {
-    (a - Tensor::from_slice(b)).abs().max().double_value(&[])
+    (a.to_device(Device::Cpu) - Tensor::from_slice(b))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 /// Last-position logits of every prompt, one at a time: `[prompts, vocab]`.
 fn each_prompt_logits(m: &LlamaModel, ids: &[Vec<u32>]) -> Vec<Tensor> {
     ids.iter()
         .map(|p| {
-            let b = Batch::new(std::slice::from_ref(p), 0, Padding::Right, Device::Cpu).unwrap();
+            let b = Batch::new(std::slice::from_ref(p), 0, Padding::Right, m.device()).unwrap();
             m.last_logits(&b).unwrap().get(0)
         })
         .collect()
@@ -86,7 +94,7 @@ fn check_logits(m: &LlamaModel, ids: &[Vec<u32>], want: &[Vec<f32>], what: &str)
         worst = worst.max(d);
     }
     for padding in [Padding::Right, Padding::Left] {
-        let b = Batch::new(ids, m.tokenizer().pad_id, padding, Device::Cpu).unwrap();
+        let b = Batch::new(ids, m.tokenizer().pad_id, padding, m.device()).unwrap();
         let got = m.last_logits(&b).unwrap();
         for (i, w) in want.iter().enumerate() {
             let d = max_abs_diff(&got.get(i as i64), w);
@@ -162,7 +170,7 @@ fn gptj_matches_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_checkpoint("tiny-gptj", tmp.path());
     edit_config(&dir, |c| c["rotary_dim"] = Value::Null);
-    let full = LlamaModel::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let full = LlamaModel::from_hf_dir(&dir, dev()).unwrap();
     assert_eq!(
         (full.config().rotary_dim, full.config().rotary_width()),
         (None, 16)
@@ -186,7 +194,7 @@ fn gpt2_without_attention_scaling_matches_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_checkpoint("tiny-gpt2", tmp.path());
     edit_config(&dir, |c| c["scale_attn_weights"] = Value::Bool(false));
-    let m = LlamaModel::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let m = LlamaModel::from_hf_dir(&dir, dev()).unwrap();
     assert_eq!(m.config().attn_scale, Some(1.0));
     let d = doc("tiny-gpt2");
     let want = logits_file("tiny-gpt2.unscaled.logits.f32", 320);
@@ -230,7 +238,7 @@ fn w_out_is_the_projection_weight_key_to_residual() {
         let file = file_tensors(&golden_dir().join(name));
         let (d, f) = (m.config().d_model as i64, m.config().d_ff as i64);
         for l in 0..m.config().n_layers {
-            let w = m.w_out(l).unwrap();
+            let w = m.w_out(l).unwrap().to_device(Device::Cpu);
             assert_eq!(w.size(), [d, f], "{name} layer {l}");
             let stored = &file[&format!("transformer.h.{l}.{w_name}")];
             // GPT-2's Conv1D holds [d_ff, d_model]: W_out is its transpose; GPT-J's Linear is
@@ -259,7 +267,7 @@ fn named_weights_are_the_checkpoint_tensors() {
         got.sort();
         assert_eq!(got, want, "{name}");
         for (n, t) in &named {
-            assert!(t.equal(&file[n]), "{name}: {n}");
+            assert!(t.to_device(Device::Cpu).equal(&file[n]), "{name}: {n}");
         }
     }
 }
@@ -279,7 +287,7 @@ fn gpt2_rank_one_update_matches_transformers() {
     let before = each_prompt_logits(&m, &ids);
     let w0 = m.w_out(layer).unwrap();
     m.apply_delta(layer, &delta).unwrap();
-    let added = m.w_out(layer).unwrap() - &w0;
+    let added = (m.w_out(layer).unwrap() - &w0).to_device(Device::Cpu);
     let err = (&added - &delta).abs().max().double_value(&[]);
     assert!(err < 1e-6, "W_out moved by Δ ({err})");
     let want = logits_file("tiny-gpt2.edited.logits.f32", 320);
@@ -308,7 +316,7 @@ fn hooks_sit_at_the_output_projection() {
         let (d, f) = (m.config().d_model as i64, m.config().d_ff as i64);
         let ids = m.tokenizer().encode("The capital of Japan is").unwrap();
         let n = ids.len();
-        let batch = Batch::new(&[ids], 0, Padding::Right, Device::Cpu).unwrap();
+        let batch = Batch::new(&[ids], 0, Padding::Right, m.device()).unwrap();
         let at: Vec<(usize, usize)> = (0..n).map(|s| (0, s)).collect();
         let layer = 1;
         let caps = vec![
@@ -342,7 +350,7 @@ fn hooks_sit_at_the_output_projection() {
         // The key is post-GELU: tanh-GELU is bounded below by about -0.17.
         assert!(key.min().double_value(&[]) > -0.2, "{name}");
         eamet_hooks::tch::manual_seed(3);
-        let delta = Tensor::randn([d, f], (Kind::Float, Device::Cpu)) * 0.05;
+        let delta = Tensor::randn([d, f], (Kind::Float, m.device())) * 0.05;
         let added = key.matmul(&delta.transpose(0, 1)); // [n, d]: Δ·k per position
         let via_hook = run(
             &m,
@@ -415,7 +423,7 @@ fn missing_tensors_are_named() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = copy_checkpoint(name, tmp.path());
         rewrite_tensors(&dir, |n| (n != gone).then(|| n.to_string()));
-        let e = LlamaModel::from_hf_dir(&dir, Device::Cpu).unwrap_err();
+        let e = LlamaModel::from_hf_dir(&dir, dev()).unwrap_err();
         assert!(
             matches!(&e, ModelError::MissingTensor { name, .. } if name == gone),
             "{e:?}"
@@ -432,7 +440,7 @@ fn gpt2_checkpoint_without_the_transformer_prefix_loads() {
     rewrite_tensors(&dir, |n| {
         Some(n.strip_prefix("transformer.").unwrap_or(n).to_string())
     });
-    let m = LlamaModel::from_hf_dir(&dir, Device::Cpu).unwrap();
+    let m = LlamaModel::from_hf_dir(&dir, dev()).unwrap();
     let d = doc("tiny-gpt2");
     let want = logits_file("tiny-gpt2.logits.f32", 320);
     check_logits(&m, &ids_of(&d["ids"]), &want, "unprefixed");
@@ -443,7 +451,7 @@ fn unsupported_settings_are_typed_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = copy_checkpoint("tiny-gpt2", tmp.path());
     edit_config(&dir, |c| c["activation_function"] = "relu".into());
-    let e = LlamaModel::from_hf_dir(&dir, Device::Cpu).unwrap_err();
+    let e = LlamaModel::from_hf_dir(&dir, dev()).unwrap_err();
     assert!(
         matches!(&e, ModelError::UnsupportedSetting { arch, field, value, supported }
             if arch == "gpt2" && field == "activation_function" && value == "\"relu\""
@@ -492,7 +500,7 @@ fn learned_positions_are_bounded() {
         .encode(&"The capital of Japan is Tokyo. ".repeat(40))
         .unwrap();
     assert!(long.len() > 128);
-    let b = Batch::new(std::slice::from_ref(&long), 0, Padding::Right, Device::Cpu).unwrap();
+    let b = Batch::new(std::slice::from_ref(&long), 0, Padding::Right, m.device()).unwrap();
     let e = m.last_logits(&b).unwrap_err();
     assert!(
         matches!(&e, ModelError::Request(s) if s.contains("128")),
@@ -571,9 +579,9 @@ fn prefix_resume_and_packing_are_exact() {
             .collect();
         let d = m.config().d_model as i64;
         eamet_hooks::tch::manual_seed(5);
-        let v0 = Tensor::randn([d], (Kind::Float, Device::Cpu)) * 0.3;
+        let v0 = Tensor::randn([d], (Kind::Float, m.device())) * 0.3;
         for layer in [0usize, 1, 2] {
-            let b = Batch::new(&ids, m.tokenizer().pad_id, Padding::Left, Device::Cpu).unwrap();
+            let b = Batch::new(&ids, m.tokenizer().pad_id, Padding::Left, m.device()).unwrap();
             let s0 = b.width - 3;
             let at: Vec<(usize, usize)> = (0..3).map(|r| (r, b.width - 1)).collect();
             let subj: Vec<(usize, usize)> = (0..3).map(|r| (r, s0)).collect();
@@ -607,7 +615,7 @@ fn prefix_resume_and_packing_are_exact() {
             );
         }
         // Packed: keys and log-probs at real tokens of a right-padded batch.
-        let b = Batch::new(&ids, m.tokenizer().pad_id, Padding::Right, Device::Cpu).unwrap();
+        let b = Batch::new(&ids, m.tokenizer().pad_id, Padding::Right, m.device()).unwrap();
         let real: Vec<(usize, usize)> = ids
             .iter()
             .enumerate()
@@ -625,7 +633,7 @@ fn prefix_resume_and_packing_are_exact() {
         let together = m.forward(&b, &plan(real.clone())).unwrap();
         let mut row = 0i64;
         for (r, s) in ids.iter().enumerate() {
-            let one = Batch::new(std::slice::from_ref(s), 0, Padding::Right, Device::Cpu).unwrap();
+            let one = Batch::new(std::slice::from_ref(s), 0, Padding::Right, m.device()).unwrap();
             let alone = m
                 .forward(&one, &plan((0..s.len()).map(|i| (0, i)).collect()))
                 .unwrap();

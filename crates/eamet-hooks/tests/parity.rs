@@ -9,6 +9,11 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+/// `EAMET_TEST_DEVICE` (default cpu): run these checks on a GPU when one is present.
+fn dev() -> Device {
+    eamet_hooks::compute::device_from_env("EAMET_TEST_DEVICE").unwrap()
+}
+
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
@@ -51,7 +56,7 @@ fn smollm2() -> MutexGuard<'static, LlamaModel> {
             "run `cargo xtask setup`: {} missing",
             path.display()
         );
-        Mutex::new(LlamaModel::from_gguf(&path, Device::Cpu).unwrap())
+        Mutex::new(LlamaModel::from_gguf(&path, dev()).unwrap())
     })
     .lock()
     .unwrap_or_else(|e| e.into_inner())
@@ -59,7 +64,7 @@ fn smollm2() -> MutexGuard<'static, LlamaModel> {
 
 fn max_abs_diff(a: &Tensor, b: &[f32]) -> f64 {
     let b = Tensor::from_slice(b);
-    (a - b).abs().max().double_value(&[])
+    (a.to_device(Device::Cpu) - b).abs().max().double_value(&[])
 }
 
 /// Logits one prompt at a time, and as right- and left-padded batches, against the golden.
@@ -67,13 +72,13 @@ fn check_logits(model: &LlamaModel, name: &str) {
     let (doc, want) = golden(name);
     let ids = ids_of(&doc["ids"]);
     for (i, p) in ids.iter().enumerate() {
-        let b = Batch::new(std::slice::from_ref(p), 0, Padding::Right, Device::Cpu).unwrap();
+        let b = Batch::new(std::slice::from_ref(p), 0, Padding::Right, model.device()).unwrap();
         let got = model.last_logits(&b).unwrap().get(0);
         let d = max_abs_diff(&got, &want[i]);
         assert!(d < 1e-3, "{name} prompt {i}: max |logit diff| {d}");
     }
     for padding in [Padding::Right, Padding::Left] {
-        let b = Batch::new(&ids, model.tokenizer().pad_id, padding, Device::Cpu).unwrap();
+        let b = Batch::new(&ids, model.tokenizer().pad_id, padding, model.device()).unwrap();
         let got = model.last_logits(&b).unwrap();
         for (i, w) in want.iter().enumerate() {
             let d = max_abs_diff(&got.get(i as i64), w);
@@ -145,7 +150,7 @@ fn smollm2_tokenizer_matches_transformers() {
 }
 
 fn tiny(name: &str) -> LlamaModel {
-    LlamaModel::from_hf_dir(golden_dir().join(name), Device::Cpu).unwrap()
+    LlamaModel::from_hf_dir(golden_dir().join(name), dev()).unwrap()
 }
 
 #[test]

@@ -9,10 +9,15 @@ use eamet_hooks::{Batch, Edit, EditableLm, LlamaModel, LogProbs, Padding, Plan};
 use eamet_optim::*;
 use ndarray::Array2;
 
+/// `EAMET_TEST_DEVICE` (default cpu): run these checks on a GPU when one is present.
+fn dev() -> Device {
+    eamet_hooks::compute::device_from_env("EAMET_TEST_DEVICE").unwrap()
+}
+
 fn tiny() -> LlamaModel {
     let dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../eamet-hooks/tests/golden/tiny-llama");
-    LlamaModel::from_hf_dir(dir, Device::Cpu).unwrap()
+    LlamaModel::from_hf_dir(dir, dev()).unwrap()
 }
 
 fn facts() -> Vec<Fact> {
@@ -175,7 +180,7 @@ fn keys_are_half_bare_half_mean_of_prefixed() {
     // Independent computation, one prompt at a time.
     let f = &prepared[1];
     let key_of = |t: usize| {
-        let b = Batch::new(&[f.key_prompts[t].clone()], 0, Padding::Right, Device::Cpu).unwrap();
+        let b = Batch::new(&[f.key_prompts[t].clone()], 0, Padding::Right, m.device()).unwrap();
         m.forward(
             &b,
             &Plan {
@@ -190,6 +195,7 @@ fn keys_are_half_bare_half_mean_of_prefixed() {
         .unwrap()
         .captures[0]
             .view([-1])
+            .to_device(Device::Cpu)
     };
     let rest = (key_of(1) + key_of(2) + key_of(3)) / 3.0;
     let want = (key_of(0) + rest) * 0.5;
@@ -220,7 +226,7 @@ fn optimizer_positions_match_an_independent_full_forward() {
         let mut nlls = Vec::new();
         for t in 0..f.templates() {
             let ids = f.rewrite_prompt(t);
-            let b = Batch::new(&[ids], 0, Padding::Right, Device::Cpu).unwrap();
+            let b = Batch::new(&[ids], 0, Padding::Right, m.device()).unwrap();
             let last = f.key_prompts[t].len() - 1;
             let at: Vec<(usize, usize)> = (0..f.target_ids.len()).map(|k| (0, last + k)).collect();
             let lp = m
