@@ -627,34 +627,13 @@ impl ModelConfig {
         ] {
             f.refuse_true(field)?;
         }
-        let (d_model, n_heads, head_dim) = f.width_and_heads()?;
         let cfg = ModelConfig {
-            family: Family::Gpt2,
-            arch_name: "gpt2".into(),
-            vocab_size: f.need_usize(&["vocab_size"])?,
-            d_model,
-            d_ff: f.usize(&["n_inner"])?.unwrap_or(4 * d_model),
-            n_layers: f.need_usize(&["n_layer", "num_hidden_layers"])?,
-            n_heads,
-            n_kv_heads: n_heads,
-            head_dim,
-            rms_eps: f.f64("layer_norm_epsilon")?.unwrap_or(1e-5),
-            // No rotary embedding; a valid value all the same.
-            rope_theta: 10_000.0,
-            max_positions: f
-                .usize(&["n_positions", "max_position_embeddings"])?
-                .unwrap_or(1024),
-            tied_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(true),
             qkv_bias: true,
-            activation: f.activation()?,
             // `scale_attn_weights = false`: raw dot products.
             attn_scale: (!f.bool("scale_attn_weights")?.unwrap_or(true)).then_some(1.0),
-            norm: NormKind::Layer,
             position_kind: PositionKind::Learned,
-            mlp: MlpKind::Plain,
-            mlp_bias: true,
             attn_out_bias: true,
-            ..Self::llama_defaults()
+            ..Self::gpt_common(&f, Family::Gpt2, 1024, true)?
         };
         cfg.validate()?;
         Ok(cfg)
@@ -663,7 +642,6 @@ impl ModelConfig {
     /// GPT-J from its `config.json`; see `docs/design/gpt2-gptj.md`.
     fn gptj_from_hf(raw: &serde_json::Value) -> Result<Self> {
         let f = HfFields { raw, arch: "gptj" };
-        let (d_model, n_heads, head_dim) = f.width_and_heads()?;
         // transformers' default when the field is absent is 64; an explicit null turns the
         // whole head.
         let rotary_dim = match raw.get("rotary_dim") {
@@ -672,8 +650,30 @@ impl ModelConfig {
             Some(_) => f.usize(&["rotary_dim"])?,
         };
         let cfg = ModelConfig {
-            family: Family::Gptj,
-            arch_name: "gptj".into(),
+            qkv_bias: false,
+            position_kind: PositionKind::RotaryInterleaved,
+            rotary_dim,
+            parallel_block: true,
+            lm_head_bias: true,
+            ..Self::gpt_common(&f, Family::Gptj, 2048, false)?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// What GPT-2 and GPT-J configs share: the widths and depth under their GPT or generic
+    /// names, LayerNorm, a plain MLP with biases, the activation. The context length and tied
+    /// embeddings default per family, as transformers' config classes do.
+    fn gpt_common(
+        f: &HfFields,
+        family: Family,
+        default_positions: usize,
+        default_tied: bool,
+    ) -> Result<Self> {
+        let (d_model, n_heads, head_dim) = f.width_and_heads()?;
+        Ok(ModelConfig {
+            family,
+            arch_name: f.arch.into(),
             vocab_size: f.need_usize(&["vocab_size"])?,
             d_model,
             d_ff: f.usize(&["n_inner"])?.unwrap_or(4 * d_model),
@@ -682,24 +682,18 @@ impl ModelConfig {
             n_kv_heads: n_heads,
             head_dim,
             rms_eps: f.f64("layer_norm_epsilon")?.unwrap_or(1e-5),
+            // GPT-2 has no rotary embedding and GPT-J's base is fixed: a valid value either way.
             rope_theta: 10_000.0,
             max_positions: f
                 .usize(&["n_positions", "max_position_embeddings"])?
-                .unwrap_or(2048),
-            tied_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(false),
-            qkv_bias: false,
+                .unwrap_or(default_positions),
+            tied_embeddings: f.bool("tie_word_embeddings")?.unwrap_or(default_tied),
             activation: f.activation()?,
             norm: NormKind::Layer,
-            position_kind: PositionKind::RotaryInterleaved,
-            rotary_dim,
             mlp: MlpKind::Plain,
             mlp_bias: true,
-            parallel_block: true,
-            lm_head_bias: true,
             ..Self::llama_defaults()
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        })
     }
 }
 
