@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The SmolLM2 hyperparameter sweep of docs/hparams.md, on the development slice only:
-# CounterFact EasyEdit *train* records 9000..9199 (never the test file).
+# The hyperparameter sweep of docs/hparams.md, on the development slice only: CounterFact
+# EasyEdit *train* records 9000..9199 (never the test file). SmolLM2 by default; another model
+# starts from the SmolLM2 presets (or its own, SWEEP_PRESET) with the layer sets to try:
 #
 #   tools/sweep_hparams.sh [OUT]        (default OUT: runs/sweep)
+#   SWEEP_MODEL=$EAMET_HOME/models/gemma-3-270m-q4_k_m.gguf \
+#     SWEEP_LAYERS="3,4 5,6 2,3,4,5,6" tools/sweep_hparams.sh runs/sweep-gemma3
 #
 # One report per setting under OUT/<name>/report, one residual run directory per setting that
 # changes the residuals (method, layers, gate) under OUT/residuals/<name>: settings that only
@@ -10,7 +13,10 @@
 # whole sweep costs one residual optimization per (method, layers, gate). Every step is
 # resumable: a setting whose report exists is skipped, and residual run directories resume.
 # Environment: EAMET (the CLI binary, default target/release/eamet), EAMET_DATA_DIR,
-# SWEEP_N (200), SWEEP_OFFSET (9000), SWEEP_LAMBDAS ("30 100 300 1000 3000").
+# SWEEP_N (200), SWEEP_OFFSET (9000), SWEEP_LAMBDAS ("30 100 300 1000 3000"), SWEEP_MODEL
+# (default: the set-up's SmolLM2), SWEEP_PRESET (the presets every setting starts from,
+# hparams/<METHOD>/<stem>.json; default smollm2-135m),
+# SWEEP_LAYERS ("3,4 2,3,4,5,6 8,9"; the first set is the one the gate and statistics runs use).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/sweep}
@@ -21,6 +27,11 @@ N=${SWEEP_N:-200}
 OFFSET=${SWEEP_OFFSET:-9000}
 LAMBDAS=${SWEEP_LAMBDAS:-"30 100 300 1000 3000"}
 WIKI="$DATA/wikitext2/wiki.train.tokens"
+PRESET=${SWEEP_PRESET:-smollm2-135m}
+read -r -a LAYER_SETS <<< "${SWEEP_LAYERS:-3,4 2,3,4,5,6 8,9}"
+BASE_LAYERS=${LAYER_SETS[0]}
+MODEL_ARGS=()
+[ -n "${SWEEP_MODEL:-}" ] && MODEL_ARGS=(--model "$SWEEP_MODEL")
 [ -f "$FILE" ] || { echo "missing $FILE (EAMET_DATA_DIR)"; exit 1; }
 [ -x "$EAMET" ] || cargo build --release -p eamet-cli
 mkdir -p "$OUT/hparams" "$OUT/residuals"
@@ -55,15 +66,15 @@ run() {
     local pre_args=()
     [ -n "$PRE" ] && pre_args=(--pre-from "$PRE")
     rm -rf "$report"
-    "$EAMET" eval --dataset "$FILE" --offset "$OFFSET" --n "$N" --method "$method" \
+    "$EAMET" eval "${MODEL_ARGS[@]}" --dataset "$FILE" --offset "$OFFSET" --n "$N" --method "$method" \
         --hparams "$hpf" --run-dir "$OUT/residuals/$res" --no-robustness --no-fluency \
         --report "$report" "${pre_args[@]}" "$@" --json > "$OUT/$name.json"
     [ -n "$PRE" ] || PRE=$report
 }
 
 for method in memit eamet; do
-    preset=hparams/${method^^}/smollm2-135m.json
-    for layers in "3,4" "2,3,4,5,6" "8,9"; do
+    preset=hparams/${method^^}/$PRESET.json
+    for layers in "${LAYER_SETS[@]}"; do
         tag=$method-L${layers//,/-}
         for lam in $LAMBDAS; do
             f="$OUT/hparams/$tag-lam$lam.json"
@@ -72,26 +83,27 @@ for method in memit eamet; do
         done
     done
 done
-# The alignment gate (EAMET, layers 3,4): threshold 0.25 and 1.0 besides the preset's 0.5.
+# The alignment gate (EAMET, the first layer set): threshold 0.25 and 1.0 besides the preset's 0.5.
+BASE_TAG=L${BASE_LAYERS//,/-}
 for gate in 0.25 1.0; do
-    tag=eamet-L3-4-gate$gate
+    tag=eamet-$BASE_TAG-gate$gate
     for lam in $LAMBDAS; do
         f="$OUT/hparams/$tag-lam$lam.json"
-        hp "$f" hparams/EAMET/smollm2-135m.json "mom2_update_weight=$lam" \
+        hp "$f" "hparams/EAMET/$PRESET.json" "layers=[$BASE_LAYERS]" "mom2_update_weight=$lam" \
             "alignment_schedule={\"kind\": \"nll_gated\", \"threshold\": $gate}"
         run "$tag-lam$lam" eamet "$f" "$tag"
     done
 done
-# Key statistics: 4096 documents of WikiText-2 and of model-written text (layers 3,4; the
-# residuals of the preset runs are reused: statistics only enter the solve).
+# Key statistics: 4096 documents of WikiText-2 and of model-written text (the first layer set;
+# the residuals of its runs are reused: statistics only enter the solve).
 for method in memit eamet; do
-    preset=hparams/${method^^}/smollm2-135m.json
+    preset=hparams/${method^^}/$PRESET.json
     for lam in $LAMBDAS; do
-        f="$OUT/hparams/$method-L3-4-gen4096-lam$lam.json"
-        hp "$f" "$preset" "mom2_update_weight=$lam" "mom2_n_samples=4096"
-        run "$method-L3-4-gen4096-lam$lam" "$method" "$f" "$method-L3-4"
+        f="$OUT/hparams/$method-$BASE_TAG-gen4096-lam$lam.json"
+        hp "$f" "$preset" "layers=[$BASE_LAYERS]" "mom2_update_weight=$lam" "mom2_n_samples=4096"
+        run "$method-$BASE_TAG-gen4096-lam$lam" "$method" "$f" "$method-$BASE_TAG"
         if [ -f "$WIKI" ]; then
-            run "$method-L3-4-wiki4096-lam$lam" "$method" "$f" "$method-L3-4" --stats-corpus "$WIKI"
+            run "$method-$BASE_TAG-wiki4096-lam$lam" "$method" "$f" "$method-$BASE_TAG" --stats-corpus "$WIKI"
         fi
     done
 done
