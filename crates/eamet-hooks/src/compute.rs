@@ -131,8 +131,15 @@ pub fn parse_device(s: &str) -> Result<Device> {
 /// [`ModelError::Request`] naming the variable when its value is not a device.
 pub fn device_from_env(var: &str) -> Result<Device> {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => parse_device(&v)
-            .map_err(|e| ModelError::Request(format!("environment variable {var}: {e}"))),
+        Ok(v) if !v.trim().is_empty() => parse_device(&v).map_err(|e| match e {
+            ModelError::Request(m) => {
+                ModelError::Request(format!("environment variable {var}: {m}"))
+            }
+            other => other,
+        }),
+        Err(std::env::VarError::NotUnicode(v)) => Err(ModelError::Request(format!(
+            "environment variable {var}: {v:?} is not a device name"
+        ))),
         _ => Ok(Device::Cpu),
     }
 }
