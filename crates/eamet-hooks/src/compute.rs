@@ -273,6 +273,22 @@ mod tests {
             device_from_env("EAMET_TEST_SURELY_UNSET_VARIABLE").unwrap(),
             Device::Cpu
         );
+        // Variables private to this test (no other test reads them).
+        std::env::set_var("EAMET_COMPUTE_UNIT_TEST_DEVICE_A", "cuda:2");
+        assert_eq!(
+            device_from_env("EAMET_COMPUTE_UNIT_TEST_DEVICE_A").unwrap(),
+            Device::Cuda(2)
+        );
+        std::env::set_var("EAMET_COMPUTE_UNIT_TEST_DEVICE_B", "gpu");
+        let e = device_from_env("EAMET_COMPUTE_UNIT_TEST_DEVICE_B").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, ModelError::Request(_))
+                && msg.contains("EAMET_COMPUTE_UNIT_TEST_DEVICE_B")
+                && msg.contains("cpu, cuda or cuda:N")
+                && msg.matches("invalid request").count() <= 1,
+            "{msg}"
+        );
         assert!(check_device(Device::Cpu).is_ok());
     }
 }
