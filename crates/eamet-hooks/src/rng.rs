@@ -1,6 +1,8 @@
-//! The one seeded generator behind everything eamet samples: the context prefixes and the
-//! generic-text corpus the model writes (`eamet-optim`), the evaluation's context prefixes and
-//! its fluency/robustness record sample (`eamet-eval`).
+//! The seeded generator behind what eamet samples from models and datasets: the context
+//! prefixes and the generic-text corpus the model writes (`eamet-optim`, `eamet`), the
+//! evaluation's context prefixes and its fluency/robustness record sample (`eamet-eval`).
+//! (`eamet-solve`, which depends on no model crate, draws its residual-check probe vectors from
+//! its own copy of the same recurrence.)
 //!
 //! It is SplitMix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number generators",
 //! OOPSLA 2014): 64 bits of state, a Weyl sequence through a 64-bit finalizer. Written out here

@@ -115,6 +115,10 @@ pub struct ContextPrefixes {
     pub spec: Option<PrefixSpec>,
     /// [`EditableLm::base_sha256`] of the model that sampled them (empty when given by hand).
     pub model_sha256: String,
+    /// The generator that sampled them ([`SplitMix64::NAME`]); `None` when given by hand, and
+    /// in files written before it was recorded (those were sampled with ChaCha20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<String>,
 }
 
 impl ContextPrefixes {
@@ -127,6 +131,7 @@ impl ContextPrefixes {
             templates,
             spec: None,
             model_sha256: String::new(),
+            generator: None,
         }
     }
 
@@ -199,6 +204,7 @@ impl ContextPrefixes {
         let mut out = Self::from_prefixes(&prefixes);
         out.spec = Some(spec.clone());
         out.model_sha256 = model.base_sha256()?;
+        out.generator = Some(SplitMix64::NAME.into());
         Ok(out)
     }
 
