@@ -4,7 +4,7 @@
 # starts from the SmolLM2 presets (or its own, SWEEP_PRESET) with the layer sets to try:
 #
 #   tools/sweep_hparams.sh [OUT]        (default OUT: runs/sweep)
-#   SWEEP_MODEL=$EAMET_HOME/models/gemma-3-270m-q4_k_m.gguf \
+#   SWEEP_MODEL=${EAMET_HOME:-$HOME/.cache/eamet}/models/gemma-3-270m-q4_k_m.gguf \
 #     SWEEP_LAYERS="3,4 5,6 2,3,4,5,6" tools/sweep_hparams.sh runs/sweep-gemma3
 #
 # One report per setting under OUT/<name>/report, one residual run directory per setting that
@@ -29,6 +29,7 @@ LAMBDAS=${SWEEP_LAMBDAS:-"30 100 300 1000 3000"}
 WIKI="$DATA/wikitext2/wiki.train.tokens"
 PRESET=${SWEEP_PRESET:-smollm2-135m}
 read -r -a LAYER_SETS <<< "${SWEEP_LAYERS:-3,4 2,3,4,5,6 8,9}"
+[ ${#LAYER_SETS[@]} -gt 0 ] || { echo "SWEEP_LAYERS names no layer set"; exit 2; }
 BASE_LAYERS=${LAYER_SETS[0]}
 MODEL_ARGS=()
 [ -n "${SWEEP_MODEL:-}" ] && MODEL_ARGS=(--model "$SWEEP_MODEL")

@@ -16,6 +16,9 @@
 # take EAMET_TEST_DEVICE (parity, gpt, tiny, edit_tiny_gpt), OpenBLAS with its Fortran
 # run-time, SmolLM2's config and tokenizer (tools/gpu/random_model.py builds a model of that
 # shape with random weights there: the real GGUF is 98 MB).
+#
+# Needs: `cargo xtask setup` (SmolLM2) and `cargo xtask pyenv` (transformers, for the config and
+# tokenizer), tch's sources in the cargo registry (any earlier build fetched them), pip.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -24,7 +27,6 @@ HOME_DIR=${EAMET_HOME:-$HOME/.cache/eamet}
 W=$HOME_DIR/gpu-$TV
 OUTB=$ROOT/.gpu
 mkdir -p "$W" "$OUTB"
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 
 if [ ! -f "$W/torch/lib/libtorch_cuda.so" ]; then
     echo "== libtorch $TV from PyPI's torch wheel (headers and libraries, for linking)"
@@ -39,18 +41,20 @@ if [ ! -f "$W/torch-sys/.stubbed" ]; then
     echo "== torch-sys 0.26 for libtorch $TV"
     src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/torch-sys-0.26.0 | head -1)
     rm -rf "$W/torch-sys" && cp -r "$src" "$W/torch-sys"
-    python3 tools/gpu/stub_missing_ops.py "$W/torch-sys/libtch" "$W/torch" | tee "$W/torch-sys/.stubbed"
+    python3 tools/gpu/stub_missing_ops.py "$W/torch-sys/libtch" "$W/torch" > "$W/stub.log"
+    cat "$W/stub.log" && mv "$W/stub.log" "$W/torch-sys/.stubbed"
 fi
 
 echo "== build (release, CUDA linked) into $W/target"
-cp Cargo.lock "$W/Cargo.lock.saved"
-trap 'cp "$W/Cargo.lock.saved" "$ROOT/Cargo.lock"' EXIT
+# The patch entry rewrites Cargo.lock for the build; it is put back from git afterwards.
+git diff --quiet -- Cargo.lock || { echo "Cargo.lock has uncommitted changes: commit them first" >&2; exit 1; }
+trap 'git -C "$ROOT" checkout -- Cargo.lock' EXIT
 export LIBTORCH=$W/torch LIBTORCH_BYPASS_VERSION_CHECK=1 EAMET_CUDA=1 CARGO_TARGET_DIR=$W/target
 patch=(--config "patch.crates-io.torch-sys.path=\"$W/torch-sys\"")
 cargo build --release "${patch[@]}" -p eamet-cli --bin eamet
 cargo build --release "${patch[@]}" -p eamet-hooks --example dtype_bench
 cargo test --release --no-run "${patch[@]}" -p eamet-hooks -p eamet-optim -p eamet \
-    --test parity --test gpt --test tiny --test edit_tiny_gpt --message-format=json \
+    --test parity --test gpt --test tiny --test edit_tiny_gpt --message-format=json-render-diagnostics \
     | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -23,14 +23,22 @@ B=/tmp/eamet-gpu
 rm -rf "$B" && mkdir -p "$B" && tar -C "$B" -xJf .gpu/bundle.tar.xz || exit 1
 PY=${PYTHON:-python3}
 TL=${TORCH_LIB:-$($PY -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}
+[ -n "$TL" ] || { echo "no PyTorch found ($PY): set TORCH_LIB" >&2; exit 1; }
 export LD_LIBRARY_PATH=$TL:$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # Test executables find their golden files by the absolute path they were built at.
 built=$(cat "$B/root")
-if [ "$built" != "$PWD" ] && [ ! -e "$built" ]; then
-    mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"
+if [ "$built" != "$PWD" ]; then
+    if [ -e "$built" ] && [ ! -L "$built" ]; then
+        echo "warning: $built exists and is not a link here: the tests read their golden files from it" >&2
+    else
+        mkdir -p "$(dirname "$built")" && ln -sfn "$PWD" "$built"
+    fi
 fi
 export EAMET_HOME=/tmp/eamet-home EAMET_DATA_DIR=/tmp/no-data
+# A machine still warm from an earlier call keeps /tmp: start clean (caches would skew timings).
+rm -rf "$EAMET_HOME" /tmp/run-cuda /tmp/run-cpu /tmp/edit-cuda.safetensors /tmp/edit-cpu.safetensors
 mkdir -p "$EAMET_HOME"
+failed=0
 {
     date -u
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
@@ -46,6 +54,7 @@ step() { echo; echo "== $(date -u +%T) $*"; }
         echo "exit $?"
     done
 } 2>&1 | tee "$OUT/tests.log"
+grep -q '^exit [^0]' "$OUT/tests.log" && failed=1
 
 {
     step "random SmolLM2-shaped model"
@@ -80,4 +89,6 @@ step() { echo; echo "== $(date -u +%T) $*"; }
         done
     fi
 } 2>&1 | tee "$OUT/edit.log"
-echo "== done $(date -u +%T)"
+grep -q '^edited: ' "$OUT/edit.log" || failed=1
+echo "== done $(date -u +%T) (failures: $failed)"
+exit "$failed"

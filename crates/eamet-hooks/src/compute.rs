@@ -131,8 +131,15 @@ pub fn parse_device(s: &str) -> Result<Device> {
 /// [`ModelError::Request`] naming the variable when its value is not a device.
 pub fn device_from_env(var: &str) -> Result<Device> {
     match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => parse_device(&v)
-            .map_err(|e| ModelError::Request(format!("environment variable {var}: {e}"))),
+        Ok(v) if !v.trim().is_empty() => parse_device(&v).map_err(|e| match e {
+            ModelError::Request(m) => {
+                ModelError::Request(format!("environment variable {var}: {m}"))
+            }
+            other => other,
+        }),
+        Err(std::env::VarError::NotUnicode(v)) => Err(ModelError::Request(format!(
+            "environment variable {var}: {v:?} is not a device name"
+        ))),
         _ => Ok(Device::Cpu),
     }
 }
@@ -265,6 +272,22 @@ mod tests {
         assert_eq!(
             device_from_env("EAMET_TEST_SURELY_UNSET_VARIABLE").unwrap(),
             Device::Cpu
+        );
+        // Variables private to this test (no other test reads them).
+        std::env::set_var("EAMET_COMPUTE_UNIT_TEST_DEVICE_A", "cuda:2");
+        assert_eq!(
+            device_from_env("EAMET_COMPUTE_UNIT_TEST_DEVICE_A").unwrap(),
+            Device::Cuda(2)
+        );
+        std::env::set_var("EAMET_COMPUTE_UNIT_TEST_DEVICE_B", "gpu");
+        let e = device_from_env("EAMET_COMPUTE_UNIT_TEST_DEVICE_B").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, ModelError::Request(_))
+                && msg.contains("EAMET_COMPUTE_UNIT_TEST_DEVICE_B")
+                && msg.contains("cpu, cuda or cuda:N")
+                && msg.matches("invalid request").count() <= 1,
+            "{msg}"
         );
         assert!(check_device(Device::Cpu).is_ok());
     }

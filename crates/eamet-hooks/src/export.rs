@@ -60,6 +60,15 @@ pub enum ExportError {
         /// The tensor name.
         name: String,
     },
+    /// An edited layer has no `W_out` tensor in the source file (the layer is out of range, or
+    /// the file is not a transformer of the expected layout).
+    #[error("layer {layer} is not in the source GGUF file (it has no tensor {name})")]
+    MissingLayer {
+        /// The layer asked for.
+        layer: usize,
+        /// The tensor name looked up.
+        name: String,
+    },
     /// Replacement data has the wrong size for the tensor and type.
     #[error("tensor {name}: {got} bytes given, {dtype} needs {expected}")]
     Size {
@@ -489,16 +498,19 @@ pub fn ffn_down_name(layer: usize) -> String {
 /// common refusal: eamet reads K-quants but does not write them yet.
 ///
 /// # Errors
-/// [`ExportError::UnknownTensor`] for a layer the file lacks; [`ExportError::Encode`] (with
+/// [`ExportError::MissingLayer`] for a layer the file lacks; [`ExportError::Encode`] (with
 /// [`QuantError::QuantizeUnsupported`], which lists the writable types) naming the first tensor
 /// whose type cannot be written; a GGUF error when the file does not parse.
 pub fn check_gguf_edited_types(path: &Path, layers: &[usize], edited: EditedType) -> Result<()> {
     let src = GgufFile::open(path)?;
     for &layer in layers {
         let name = ffn_down_name(layer);
-        let info = src
-            .tensor(&name)
-            .ok_or_else(|| export_err(ExportError::UnknownTensor { name: name.clone() }))?;
+        let info = src.tensor(&name).ok_or_else(|| {
+            export_err(ExportError::MissingLayer {
+                layer,
+                name: name.clone(),
+            })
+        })?;
         let dtype = edited.resolve(info.dtype);
         if !crate::quant::can_quantize(dtype) {
             return Err(export_err(ExportError::Encode {
@@ -592,9 +604,12 @@ pub fn save_gguf(
     let mut tensors = Vec::new();
     for (&layer, delta) in &patch.deltas {
         let name = ffn_down_name(layer);
-        let info = src
-            .tensor(&name)
-            .ok_or_else(|| export_err(ExportError::UnknownTensor { name: name.clone() }))?;
+        let info = src.tensor(&name).ok_or_else(|| {
+            export_err(ExportError::MissingLayer {
+                layer,
+                name: name.clone(),
+            })
+        })?;
         let dtype = edited.resolve(info.dtype);
         // `W_out` is [d_model, d_ff] row-major: GGML's [d_ff, d_model] with d_ff contiguous.
         let w = to_f32_vec(&model.w_out(layer)?)?;

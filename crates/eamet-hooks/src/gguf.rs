@@ -288,7 +288,8 @@ impl GgmlType {
 }
 
 impl fmt::Display for GgmlType {
-    /// GGML's own name (`Q4_K`, `Q8_0`, `BF16`), as llama.cpp prints it.
+    /// The type's name as the `gguf` Python package and llama.cpp's quantize tool spell it
+    /// (`Q4_K`, `Q8_0`, `BF16`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let k = match self {
             GgmlType::Q2K => "Q2_K",

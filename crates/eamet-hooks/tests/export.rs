@@ -478,7 +478,8 @@ fn k_quant_sources_are_refused_up_front() {
     }
     let e = check_gguf_edited_types(&path, &[2], EditedType::Source).unwrap_err();
     assert!(
-        matches!(&e, ModelError::Export(x) if matches!(**x, ExportError::UnknownTensor { .. })),
+        matches!(&e, ModelError::Export(x) if matches!(**x, ExportError::MissingLayer { layer: 2, .. })),
         "{e:?}"
     );
+    assert!(e.to_string().contains("layer 2"), "{e}");
 }
