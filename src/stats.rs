@@ -405,11 +405,14 @@ pub fn generated_corpus<M: EditableLm + ?Sized>(
         Dtype::F32 => String::new(),
         d => format!("-{d}"),
     };
+    // The generator is part of the identity: texts sampled by the earlier ChaCha20 sampler
+    // (files without the tag) are never taken for these.
+    let rng = eamet_hooks::rng::SplitMix64::NAME;
     let path = cache_dir.join("corpus").join(format!(
-        "{}-generated-n{n}-t{max_tokens}{suffix}.json",
+        "{}-generated-{rng}-n{n}-t{max_tokens}{suffix}.json",
         &sha[..sha.len().min(16)]
     ));
-    let id = format!("model-generated(seed 1234, n {n}, {max_tokens} tokens)");
+    let id = format!("model-generated({rng} seed 1234, n {n}, {max_tokens} tokens)");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(docs) = serde_json::from_str::<Vec<String>>(&text) {
             if docs.len() == n {

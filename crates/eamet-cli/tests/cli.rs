@@ -15,8 +15,13 @@ fn model_ready() -> bool {
     ok
 }
 
+/// The CLI, one OpenMP thread per process: the harness runs these tests in parallel, and two
+/// libtorch processes with a thread per core each spin against each other (about 5x slower on
+/// 2 cores than one thread each).
 fn eamet() -> Command {
-    Command::cargo_bin("eamet").unwrap()
+    let mut c = Command::cargo_bin("eamet").unwrap();
+    c.env("OMP_NUM_THREADS", "1");
+    c
 }
 
 const TWO_FACTS: &str = r#"{"subject": "Eiffel Tower", "prompt": "The {} is located in the city of", "target_new": "Rome", "target_true": "Paris", "case_id": "a"}

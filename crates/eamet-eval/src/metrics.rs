@@ -17,6 +17,7 @@
 
 use crate::data::EvalRecord;
 use crate::text::{contains_word_with, fluency, WordMatch};
+use eamet_hooks::rng::SplitMix64;
 use eamet_hooks::tch::{self, Kind, Tensor};
 use eamet_hooks::{Batch, EditableLm, LogProbs, Padding, Plan};
 use serde::{Deserialize, Serialize};
@@ -372,7 +373,7 @@ impl ContextPrefixes {
             })
             .map(|(i, _)| i)
             .collect();
-        let mut rng = SplitMix64(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut by_len = Vec::new();
         for &n in lens {
             let eligible: Vec<usize> = starts
@@ -387,7 +388,7 @@ impl ContextPrefixes {
             }
             let mut v = Vec::with_capacity(count);
             for _ in 0..count {
-                let s = eligible[(rng.next() % eligible.len() as u64) as usize];
+                let s = eligible[rng.below(eligible.len() as u64) as usize];
                 let text = tok.decode(&ids[s..s + n])?;
                 let text = text.trim();
                 let text = text.trim_end_matches(['.', ',', ';', ':']);
@@ -409,19 +410,6 @@ impl ContextPrefixes {
 
 /// At most this many characters of the corpus are tokenized for context prefixes.
 const PREFIX_CORPUS_CHARS: usize = 400_000;
-
-/// A tiny deterministic generator (SplitMix64), so prefixes do not depend on a crate version.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 /// What to evaluate and how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -486,9 +474,9 @@ pub fn extra_sample(n: usize, k: Option<usize>, seed: u64) -> Vec<usize> {
         Some(k) if k < n => {
             // Partial Fisher-Yates over 0..n.
             let mut idx: Vec<usize> = (0..n).collect();
-            let mut rng = SplitMix64(seed ^ 0x6578_7472_6173_616d);
+            let mut rng = SplitMix64::new(seed ^ 0x6578_7472_6173_616d);
             for i in 0..k {
-                let j = i + (rng.next() % (n - i) as u64) as usize;
+                let j = i + rng.below((n - i) as u64) as usize;
                 idx.swap(i, j);
             }
             let mut v = idx[..k].to_vec();

@@ -81,6 +81,7 @@ pub mod model;
 pub mod patch;
 pub mod paths;
 pub mod quant;
+pub mod rng;
 pub mod runtime;
 pub mod tokenizer;
 

@@ -2,10 +2,9 @@
 
 use std::path::Path;
 
+use eamet_hooks::rng::SplitMix64;
 use eamet_hooks::tch::{self, Kind};
 use eamet_hooks::{Batch, EditableLm, LogProbs, ModelError, Padding, Plan};
-use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, OptimError, Result};
@@ -39,7 +38,8 @@ pub struct PrefixSpec {
     pub top_k: usize,
     /// Nucleus: keep the smallest set of tokens whose probability reaches `top_p` (1: all).
     pub top_p: f64,
-    /// RNG seed (ChaCha20).
+    /// Seed of the generator, [`SplitMix64`] (until 2026-12 it was ChaCha20; prefixes that
+    /// older run directories saved are reused as saved, never sampled again).
     pub seed: u64,
 }
 
@@ -115,6 +115,10 @@ pub struct ContextPrefixes {
     pub spec: Option<PrefixSpec>,
     /// [`EditableLm::base_sha256`] of the model that sampled them (empty when given by hand).
     pub model_sha256: String,
+    /// The generator that sampled them ([`SplitMix64::NAME`]); `None` when given by hand, and
+    /// in files written before it was recorded (those were sampled with ChaCha20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<String>,
 }
 
 impl ContextPrefixes {
@@ -127,6 +131,7 @@ impl ContextPrefixes {
             templates,
             spec: None,
             model_sha256: String::new(),
+            generator: None,
         }
     }
 
@@ -141,7 +146,7 @@ impl ContextPrefixes {
         let _g = tch::no_grad_guard();
         let tok = model.tokenizer();
         let vocab = tok.vocab_size().min(model.config().vocab_size);
-        let mut rng = ChaCha20Rng::seed_from_u64(spec.seed);
+        let mut rng = SplitMix64::new(spec.seed);
         let mut rows: Vec<Vec<u32>> = Vec::with_capacity(spec.seeds.len());
         let mut budget: Vec<usize> = Vec::with_capacity(spec.seeds.len());
         for s in &spec.seeds {
@@ -199,6 +204,7 @@ impl ContextPrefixes {
         let mut out = Self::from_prefixes(&prefixes);
         out.spec = Some(spec.clone());
         out.model_sha256 = model.base_sha256()?;
+        out.generator = Some(SplitMix64::NAME.into());
         Ok(out)
     }
 
@@ -297,13 +303,13 @@ fn template_of(prefix: &str) -> String {
 /// ```
 pub struct Sampler {
     spec: PrefixSpec,
-    rng: ChaCha20Rng,
+    rng: SplitMix64,
 }
 
 impl Sampler {
     /// A sampler seeded with `spec.seed`.
     pub fn new(spec: PrefixSpec) -> Self {
-        let rng = ChaCha20Rng::seed_from_u64(spec.seed);
+        let rng = SplitMix64::new(spec.seed);
         Sampler { spec, rng }
     }
 
@@ -317,14 +323,9 @@ impl Sampler {
     }
 }
 
-/// Uniform in [0, 1) from 53 random bits.
-fn uniform(rng: &mut ChaCha20Rng) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
 /// Temperature, then top-k, then top-p (the order of Hugging Face's logits warpers), then one
 /// draw. Ties are broken by the lower token id, so the result depends only on the inputs.
-pub(crate) fn sample(logprobs: &[f64], spec: &PrefixSpec, rng: &mut ChaCha20Rng) -> u32 {
+pub(crate) fn sample(logprobs: &[f64], spec: &PrefixSpec, rng: &mut SplitMix64) -> u32 {
     let mut order: Vec<usize> = (0..logprobs.len())
         .filter(|&i| logprobs[i].is_finite())
         .collect();
@@ -359,7 +360,7 @@ pub(crate) fn sample(logprobs: &[f64], spec: &PrefixSpec, rng: &mut ChaCha20Rng)
         let z: f64 = p.iter().sum();
         p.iter_mut().for_each(|x| *x /= z);
     }
-    let u = uniform(rng);
+    let u = rng.uniform();
     let mut cum = 0.0;
     for (&i, &x) in order.iter().zip(&p) {
         cum += x;
@@ -377,7 +378,7 @@ mod tests {
     #[test]
     fn sampler_respects_top_k_and_top_p() {
         let lp: Vec<f64> = [0.5f64, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut rng = SplitMix64::new(1);
         let spec = PrefixSpec {
             top_k: 0,
             top_p: 0.7,

@@ -638,6 +638,16 @@ fn prefixes_are_seeded_saved_and_checked() {
         matches!(e, OptimError::RunMismatch { what: "model", .. }),
         "{e}"
     );
+    // The generator is recorded; a file from before it was (ChaCha20-sampled) still loads,
+    // as it was saved, with no generator named.
+    assert_eq!(a.generator.as_deref(), Some("splitmix64"));
+    let mut old_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    old_file.as_object_mut().unwrap().remove("generator");
+    std::fs::write(&path, old_file.to_string()).unwrap();
+    let old = ContextPrefixes::load(&path, Some(&a.model_sha256)).unwrap();
+    assert_eq!(old.templates, a.templates);
+    assert_eq!(old.generator, None);
     // The sampled prefixes work for preparation.
     prepare_facts(m.tokenizer(), &facts(), &a).unwrap();
 }
