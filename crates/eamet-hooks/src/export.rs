@@ -27,7 +27,7 @@ use crate::atomic::TempOutput;
 use crate::compute::{Dtype, LoadOptions};
 use crate::config::Family;
 use crate::error::{ModelError, Result};
-use crate::gguf::{GgmlType, GgufFile, MetaValue};
+use crate::gguf::{GgmlType, GgufFile, MetaValue, TensorInfo};
 use crate::llama::{LlamaModel, ModelSource};
 use crate::model::EditableLm;
 use crate::patch::Patch;
@@ -499,8 +499,9 @@ pub fn ffn_down_name(layer: usize) -> String {
 ///
 /// # Errors
 /// [`ExportError::MissingLayer`] for a layer the file lacks; [`ExportError::Encode`] (with
-/// [`QuantError::QuantizeUnsupported`], which lists the writable types) naming the first tensor
-/// whose type cannot be written; a GGUF error when the file does not parse.
+/// [`QuantError::QuantizeUnsupported`], which lists the writable types, or
+/// [`QuantError::NotWholeBlocks`] when a row is not whole blocks of the type) naming the first
+/// tensor that cannot be written; a GGUF error when the file does not parse.
 pub fn check_gguf_edited_types(path: &Path, layers: &[usize], edited: EditedType) -> Result<()> {
     let src = GgufFile::open(path)?;
     for &layer in layers {
@@ -511,16 +512,36 @@ pub fn check_gguf_edited_types(path: &Path, layers: &[usize], edited: EditedType
                 name: name.clone(),
             })
         })?;
-        let dtype = edited.resolve(info.dtype);
-        if !crate::quant::can_quantize(dtype) {
-            return Err(export_err(ExportError::Encode {
-                name,
-                dtype,
-                source: QuantError::QuantizeUnsupported { dtype },
-            }));
-        }
+        writable_type(info, edited)?;
     }
     Ok(())
+}
+
+/// The type `edited` resolves to for the source tensor `info`, once it is known that
+/// [`quantize`] writes it and that each of the tensor's rows (`dims[0]` values, contiguous) is
+/// whole blocks of it, as GGML readers require.
+fn writable_type(info: &TensorInfo, edited: EditedType) -> Result<GgmlType> {
+    let dtype = edited.resolve(info.dtype);
+    let refuse = |source| {
+        Err(export_err(ExportError::Encode {
+            name: info.name.clone(),
+            dtype,
+            source,
+        }))
+    };
+    if !crate::quant::can_quantize(dtype) {
+        return refuse(QuantError::QuantizeUnsupported { dtype });
+    }
+    let block = dtype.block_layout().0;
+    let row = info.dims.first().copied().unwrap_or(0);
+    if row % block != 0 {
+        return refuse(QuantError::NotWholeBlocks {
+            dtype,
+            len: row as usize,
+            block: block as usize,
+        });
+    }
+    Ok(dtype)
 }
 
 /// For a model that computes in bf16 or f16: an f32 CPU copy loaded again from its source, with
@@ -610,7 +631,7 @@ pub fn save_gguf(
                 name: name.clone(),
             })
         })?;
-        let dtype = edited.resolve(info.dtype);
+        let dtype = writable_type(info, edited)?;
         // `W_out` is [d_model, d_ff] row-major: GGML's [d_ff, d_model] with d_ff contiguous.
         let w = to_f32_vec(&model.w_out(layer)?)?;
         let d = to_f32_vec(delta)?;

@@ -9,6 +9,7 @@ use eamet_hooks::export::{
 };
 use eamet_hooks::gguf::{GgmlType, GgufFile, MetaValue};
 use eamet_hooks::patch::Patch;
+use eamet_hooks::quant::QuantError;
 use eamet_hooks::tch::{Device, Kind, Tensor};
 use eamet_hooks::{Batch, EditableLm, LlamaModel, LogProbs, ModelError, Padding, Plan};
 use sha2::{Digest, Sha256};
@@ -420,29 +421,58 @@ fn gguf_export_refuses_bad_requests_and_leaves_nothing() {
 /// 256-value block of 144 bytes) and `blk.1.ffn_down.weight` as Q4_1 (one 32-value block of
 /// 20 bytes), written byte by byte from the format description.
 fn k_quant_gguf(path: &Path) {
+    tiny_gguf(
+        path,
+        &[
+            ("blk.0.ffn_down.weight", [256, 1], 12, 0), // Q4_K
+            ("blk.1.ffn_down.weight", [32, 1], 3, 160), // Q4_1, next 32-byte boundary
+        ],
+        180,
+    );
+}
+
+/// A GGUF v3 file without metadata holding `tensors` (name, GGML dims, type id, data offset)
+/// and `data_len` zero bytes of tensor data.
+fn tiny_gguf(path: &Path, tensors: &[(&str, [u64; 2], u32, u64)], data_len: usize) {
     let mut b: Vec<u8> = Vec::new();
     b.extend(0x4655_4747u32.to_le_bytes()); // "GGUF"
     b.extend(3u32.to_le_bytes());
-    b.extend(2u64.to_le_bytes()); // tensors
+    b.extend((tensors.len() as u64).to_le_bytes());
     b.extend(0u64.to_le_bytes()); // metadata pairs
-    let tensors: [(&str, u64, u32, u64); 2] = [
-        ("blk.0.ffn_down.weight", 256, 12, 0), // Q4_K
-        ("blk.1.ffn_down.weight", 32, 3, 160), // Q4_1, next 32-byte boundary
-    ];
-    for (name, n, ty, offset) in tensors {
+    for &(name, dims, ty, offset) in tensors {
         b.extend((name.len() as u64).to_le_bytes());
         b.extend(name.as_bytes());
         b.extend(2u32.to_le_bytes());
-        b.extend(n.to_le_bytes());
-        b.extend(1u64.to_le_bytes());
+        b.extend(dims[0].to_le_bytes());
+        b.extend(dims[1].to_le_bytes());
         b.extend(ty.to_le_bytes());
         b.extend(offset.to_le_bytes());
     }
     while b.len() % 32 != 0 {
         b.push(0);
     }
-    b.extend([0u8; 180]);
+    b.extend(vec![0u8; data_len]);
     std::fs::write(path, b).unwrap();
+}
+
+/// GGML readers need every row of a block type to be whole blocks: a `W_out` whose rows hold 48
+/// values can be written as f32 or f16, never as Q8_0 (blocks of 32), though its 96 values are
+/// three blocks.
+#[test]
+fn rows_that_are_not_whole_blocks_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.gguf");
+    tiny_gguf(&path, &[("blk.0.ffn_down.weight", [48, 2], 0, 0)], 384);
+    for t in ["source", "f32", "f16"] {
+        check_gguf_edited_types(&path, &[0], t.parse().unwrap()).unwrap();
+    }
+    let e = check_gguf_edited_types(&path, &[0], "q8_0".parse().unwrap()).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::Export(x) if matches!(**x,
+            ExportError::Encode { dtype: GgmlType::Q8_0, source: QuantError::NotWholeBlocks { len: 48, block: 32, .. }, .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("blk.0.ffn_down.weight"), "{e}");
 }
 
 /// `--edited-type source` on a K-quant file is refused before any edit is computed, naming the
