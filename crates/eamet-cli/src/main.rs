@@ -316,6 +316,10 @@ enum Command {
     /// Compare evaluation reports side by side: a markdown table (one row per report) and plots
     /// against the number of edits, one line per method.
     ///
+    /// With --pareto the reports are the settings of a hyperparameter sweep: pareto.md and
+    /// pareto.svg/png compare them by strict efficacy against neighbourhood KL and mark the
+    /// Pareto front (docs/hparams.md).
+    ///
     /// Example: eamet summarize runs/scale/*/report --out docs/results/summary
     Summarize {
         /// Report directories (each holding the report.json of `eamet eval`).
@@ -324,6 +328,11 @@ enum Command {
         /// Directory for summary.md and the plots (created if needed).
         #[arg(long)]
         out: PathBuf,
+        /// Also write the sweep table and trade-off plot (pareto.md, pareto.svg/png). Each
+        /// setting is labelled with its directory's name (the parent's for a directory named
+        /// `report`, as tools/sweep_hparams.sh lays them out).
+        #[arg(long)]
+        pareto: bool,
     },
     /// Greedy completion of prompts (batched, KV cache).
     ///
@@ -383,7 +392,18 @@ fn complete(
     Ok(())
 }
 
-fn summarize(dirs: &[PathBuf], out: &std::path::Path) -> anyhow::Result<()> {
+/// A report directory's label in sweep tables: its name, or its parent's when it is named
+/// `report` (`runs/sweep/memit-L3-4-lam300/report` → `memit-L3-4-lam300`).
+fn report_label(dir: &std::path::Path) -> String {
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    match name(dir) {
+        Some(n) if n == "report" => dir.parent().and_then(name).unwrap_or(n),
+        Some(n) => n,
+        None => dir.display().to_string(),
+    }
+}
+
+fn summarize(dirs: &[PathBuf], out: &std::path::Path, pareto: bool) -> anyhow::Result<()> {
     use eamet::eval::report::Report;
     let mut reports = Vec::with_capacity(dirs.len());
     for d in dirs {
@@ -398,8 +418,19 @@ fn summarize(dirs: &[PathBuf], out: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
     let path = out.join("summary.md");
     eamet::eval::report::write_atomic(&path, md.as_bytes())?;
-    let plots = eamet::eval::summary::summary_plots(&reports, out)?;
+    let mut plots = eamet::eval::summary::summary_plots(&reports, out)?;
     print!("{md}");
+    if pareto {
+        let labelled: Vec<(String, Report)> =
+            dirs.iter().map(|d| report_label(d)).zip(reports).collect();
+        let md = eamet::eval::summary::sweep_markdown(&labelled);
+        let path = out.join("pareto.md");
+        eamet::eval::report::write_atomic(&path, md.as_bytes())?;
+        print!("\n{md}");
+        if let Some(f) = eamet::eval::summary::sweep_plot(&labelled, out)? {
+            plots.extend([f.svg, f.png]);
+        }
+    }
     eprintln!(
         "wrote {} and {} plot files into {}",
         path.display(),
@@ -592,7 +623,11 @@ fn main() -> ExitCode {
                 json,
             })
         }),
-        Command::Summarize { reports, out } => summarize(&reports, &out),
+        Command::Summarize {
+            reports,
+            out,
+            pareto,
+        } => summarize(&reports, &out, pareto),
         Command::Stats {
             merge: Some(StatsCommand::Merge { shards, out, json }),
             ..

@@ -10,6 +10,7 @@
 //! | [`misalignment_histogram`] | two overlaid histograms of per-fact misalignment `A(i)` (e.g. MEMIT vs EAMET) |
 //! | [`score_vs_success`] | per-fact scatter: `A(i)` on x, success in `[0, 1]` on y |
 //! | [`efficacy_vs_edits`] | one line with markers per method: a metric against the number of edits |
+//! | [`pareto_scatter`] | settings of a sweep, cost against benefit, with their Pareto front |
 //!
 //! Input is validated before anything is drawn: empty series, NaN or infinite values and
 //! values outside an axis' domain are typed [`PlotError`]s, as are an invalid size, file stem
@@ -49,11 +50,13 @@ use plotters::prelude::*;
 mod axis;
 mod histogram;
 mod lines;
+mod pareto;
 mod raster;
 mod scatter;
 
 pub use histogram::{histogram, misalignment_histogram};
 pub use lines::efficacy_vs_edits;
+pub use pareto::{pareto_front, pareto_scatter, TradeoffPoint};
 pub use scatter::score_vs_success;
 
 /// The embedded font (see the module documentation and `assets/README.md`).

@@ -152,3 +152,168 @@ pub fn summary_plots(reports: &[Report], dir: &Path) -> Result<Vec<PathBuf>, Rep
     }
     Ok(written)
 }
+
+/// The hyperparameters a sweep varies, read from a report's `info.hparams`: layers (`3-4`),
+/// λ (`mom2_update_weight`), the alignment gate's threshold (EAMET's NLL-gated schedule) and
+/// the number of statistics documents (`mom2_n_samples`). `-` where the report does not say.
+fn setting(r: &Report) -> [String; 4] {
+    let h = &r.info.hparams;
+    let layers = h["layers"].as_array().map_or("-".to_string(), |l| {
+        l.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("-")
+    });
+    let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), format_setting);
+    let gate = match h["alignment_schedule"]["kind"].as_str() {
+        Some("nll_gated") => num(&h["alignment_schedule"]["threshold"]),
+        Some(other) => other.to_string(),
+        None => "-".to_string(),
+    };
+    [
+        layers,
+        num(&h["mom2_update_weight"]),
+        gate,
+        num(&h["mom2_n_samples"]),
+    ]
+}
+
+/// `100` for 100.0, `0.25` for 0.25.
+fn format_setting(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The (neighbourhood KL mean, strict efficacy) trade-off point of a report; NaN where the
+/// report has no neighbourhood KL or no strict efficacy.
+fn tradeoff(r: &Report) -> (f64, f64) {
+    (
+        r.drift.as_ref().map_or(f64::NAN, |d| d.kl_mean),
+        r.post.get("strict.efficacy").map_or(f64::NAN, |v| v.0),
+    )
+}
+
+/// For each report, whether it is on the Pareto front of strict efficacy (higher is better)
+/// against the mean neighbourhood KL (lower is better) among the reports of its own method,
+/// and among all reports.
+fn fronts(reports: &[(String, Report)]) -> Vec<(bool, bool)> {
+    let points: Vec<(f64, f64)> = reports.iter().map(|(_, r)| tradeoff(r)).collect();
+    let all = plot::pareto_front(&points);
+    let mut own = vec![false; reports.len()];
+    let mut methods: Vec<&str> = reports
+        .iter()
+        .map(|(_, r)| r.info.method.as_str())
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    for m in methods {
+        let idx: Vec<usize> = (0..reports.len())
+            .filter(|&i| reports[i].1.info.method == m)
+            .collect();
+        let sub: Vec<(f64, f64)> = idx.iter().map(|&i| points[i]).collect();
+        for (i, on) in idx.into_iter().zip(plot::pareto_front(&sub)) {
+            own[i] = on;
+        }
+    }
+    own.into_iter().zip(all).collect()
+}
+
+/// A hyperparameter sweep's table (`eamet summarize --pareto`): one row per `(label, report)`
+/// with the setting (layers, λ, alignment gate, statistics documents), strict efficacy and
+/// generalization, lenient efficacy, classic specificity, neighbourhood KL (mean / p95) and
+/// drawdown, and whether the setting is on the Pareto front of strict efficacy against mean
+/// neighbourhood KL: `●` among its method's settings, `★` among all. Rows are grouped by
+/// method and ordered by KL; settings without a neighbourhood KL are never on a front.
+pub fn sweep_markdown(reports: &[(String, Report)]) -> String {
+    let fr = fronts(reports);
+    let mut order: Vec<usize> = (0..reports.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&reports[a].1, &reports[b].1);
+        ra.info
+            .method
+            .cmp(&rb.info.method)
+            .then(tradeoff(ra).0.total_cmp(&tradeoff(rb).0))
+            .then(reports[a].0.cmp(&reports[b].0))
+    });
+    let mut s = String::from(
+        "| setting | method | layers | λ | gate | stats docs | strict eff. | strict gen. | lenient eff. | classic spec. | neighbourhood KL mean / p95 | drawdown mean | front |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n",
+    );
+    for i in order {
+        let (label, r) = &reports[i];
+        let [layers, lambda, gate, docs] = setting(r);
+        let post = |k: &str| fmt(r.post.get(k).map(|v| v.0), 3);
+        let (kl, dd) = match &r.drift {
+            Some(d) => (
+                format!("{} / {}", fmt(Some(d.kl_mean), 3), fmt(Some(d.kl_p95), 3)),
+                fmt(d.drawdown_mean, 3),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let mark = match fr[i] {
+            (true, true) => "● ★",
+            (true, false) => "●",
+            (false, true) => "★",
+            (false, false) => "",
+        };
+        s.push_str(&format!(
+            "| {label} | {} | {layers} | {lambda} | {gate} | {docs} | {} | {} | {} | {} | {kl} | {dd} | {mark} |\n",
+            r.info.method,
+            post("strict.efficacy"),
+            post("strict.generalization"),
+            post("lenient.efficacy"),
+            post("classic.specificity"),
+        ));
+    }
+    s
+}
+
+/// The sweep's trade-off plot (`pareto.svg` / `pareto.png` in `dir`): strict efficacy
+/// against mean neighbourhood KL, one colour per method, the front over all settings joined
+/// and labelled with the reports' labels. Reports without a neighbourhood KL or a
+/// strict efficacy are left out; `None` when none is left.
+///
+/// # Errors
+/// Plotting and I/O errors.
+pub fn sweep_plot(
+    reports: &[(String, Report)],
+    dir: &Path,
+) -> Result<Option<plot::PlotFiles>, ReportError> {
+    let mut series: Vec<(String, Vec<plot::TradeoffPoint>)> = Vec::new();
+    for (label, r) in reports {
+        let (cost, benefit) = tradeoff(r);
+        if !cost.is_finite() || !benefit.is_finite() {
+            continue;
+        }
+        let point = plot::TradeoffPoint {
+            cost,
+            benefit,
+            label: label.clone(),
+        };
+        match series.iter_mut().find(|(m, _)| *m == r.info.method) {
+            Some((_, pts)) => pts.push(point),
+            None => series.push((r.info.method.clone(), vec![point])),
+        }
+    }
+    if series.is_empty() {
+        return Ok(None);
+    }
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    std::fs::create_dir_all(dir).map_err(|e| ReportError::Io(dir.to_path_buf(), e))?;
+    plot::pareto_scatter(
+        &series,
+        (
+            "neighbourhood KL(p_pre ‖ p_post), mean over prompts (nats)",
+            "strict efficacy",
+        ),
+        "Strict efficacy against neighbourhood KL (dashed: Pareto front)",
+        dir,
+        "pareto",
+        &plot::PlotStyle::default(),
+    )
+    .map(Some)
+    .map_err(ReportError::Plot)
+}

@@ -163,7 +163,7 @@ impl Figure for Lines {
 
 /// Marker `kind` (0 circle, 1 triangle, 2 square, 3 diamond) centred at pixel offset `at`,
 /// as a path so that one type serves every shape.
-fn marker_element(kind: usize, at: (i32, i32), color: RGBColor) -> Polygon<(i32, i32)> {
+pub(super) fn marker_element(kind: usize, at: (i32, i32), color: RGBColor) -> Polygon<(i32, i32)> {
     let (x, y) = at;
     let r = 5;
     let pts: Vec<(i32, i32)> = match kind {
