@@ -8,7 +8,9 @@
 # stop the runs (SIGSTOP) and resume them (SIGCONT) when done, on failure or on Ctrl-C too. A
 # stopped run loses nothing: it continues where it was.
 set -uo pipefail
-pids=$(pgrep -f 'eamet[^ ]* (eval|edit) ' | tr '\n' ' ')
+# Only command lines that start with an eamet binary (target/release/eamet, a pinned copy such as
+# runs/scale/bin/eamet-<tag>): never this script or a shell whose arguments name one.
+pids=$(pgrep -f '^[^ ]*eamet[^ ]* (eval|edit) ' | tr '\n' ' ')
 if [ -n "$pids" ]; then
     kill -STOP $pids 2>/dev/null
     trap 'kill -CONT $pids 2>/dev/null' EXIT
