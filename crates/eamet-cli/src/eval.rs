@@ -83,7 +83,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         model.config().n_layers,
     )?;
     let cache = cache_dir()?;
+    // Model-written documents take minutes the first time (then they are cached): timed, so
+    // that a report's phases add up to its wall time.
+    let started = std::time::Instant::now();
     let prefix_docs = prefix_docs(&model, corpus.as_ref(), &hp, &cache, !a.json)?;
+    let docs_seconds = started.elapsed().as_secs_f64();
     let edit_corpus = if a.stats_corpus.is_empty() {
         corpus
     } else {
@@ -103,7 +107,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         None => None,
         Some(dir) => Some(load_pre(dir, &info, &plan)?),
     };
-    let report = run_eval_with_pre(&mut model, &records, &plan, info, pre)?;
+    let mut report = run_eval_with_pre(&mut model, &records, &plan, info, pre)?;
+    report
+        .timings
+        .insert(0, ("context documents".to_string(), docs_seconds));
     let written = report.write(&a.report)?;
     print_report(&report, written, a.json)
 }
