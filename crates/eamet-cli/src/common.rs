@@ -4,7 +4,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use eamet::eval::data::{load, load_str, EvalRecord, Format, LoadOptions};
 use eamet::hooks::tch::Device;
 use eamet::hooks::LoadOptions as ModelOptions;
-use eamet::hooks::{Dtype, LlamaModel};
+use eamet::hooks::{Dtype, LlamaModel, ModelConfig};
 use eamet::{EditHparams, Method};
 use std::path::{Path, PathBuf};
 
@@ -122,15 +122,22 @@ pub fn read_records(
     Ok((records, name, format))
 }
 
+/// Whether `config` is shaped like SmolLM2-135M, the model the built-in presets were chosen for.
+fn smollm2_shaped(config: &ModelConfig) -> bool {
+    config.arch_name == "llama" && (config.n_layers, config.d_model, config.d_ff) == (30, 576, 1536)
+}
+
 /// Hyperparameters: a JSON file (reference field names accepted) or the SmolLM2 preset of the
-/// method; `--layers` and `--block` override; checked against the model's depth.
+/// method (with a note on stderr when the model is not SmolLM2-shaped, since the presets were
+/// measured on it); `--layers` and `--block` override; checked against the model's depth.
 pub fn hparams(
     method: Method,
     file: Option<&Path>,
     layers: Option<Vec<usize>>,
     block: Option<usize>,
-    n_layers: usize,
+    config: &ModelConfig,
 ) -> Result<EditHparams> {
+    let n_layers = config.n_layers;
     let mut hp = match file {
         Some(p) => {
             let (hp, ignored) = EditHparams::from_json_reporting(
@@ -146,7 +153,17 @@ pub fn hparams(
             }
             hp
         }
-        None => EditHparams::smollm2(method),
+        None => {
+            if !smollm2_shaped(config) {
+                eprintln!(
+                    "note: no --hparams given, so the SmolLM2-135M presets are used; they were \
+                     measured on that model, not on this one ({}, {} layers, d_ff {}): see \
+                     docs/hparams.md for how to choose its values",
+                    config.arch_name, config.n_layers, config.d_ff
+                );
+            }
+            EditHparams::smollm2(method)
+        }
     };
     if let Some(l) = layers {
         hp.layers = l;

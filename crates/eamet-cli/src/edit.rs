@@ -63,7 +63,7 @@ pub fn run(a: EditArgs) -> Result<()> {
         a.hparams.as_deref(),
         a.layers,
         a.block,
-        model.config().n_layers,
+        model.config(),
     )?;
     if let Some(o) = &a.out {
         o.check_layers(&path, &hp.layers)?;

@@ -80,7 +80,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         a.hparams.as_deref(),
         a.layers.clone(),
         a.block,
-        model.config().n_layers,
+        model.config(),
     )?;
     let cache = cache_dir()?;
     // Model-written documents take minutes the first time (then they are cached): timed, so

@@ -29,13 +29,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     eamet::optim::validate_facts(&facts)?;
     let path = resolve_model(a.model)?;
     let model = load_model(&path, a.load)?;
-    let hp = hparams(
-        method,
-        a.hparams.as_deref(),
-        a.layers,
-        None,
-        model.config().n_layers,
-    )?;
+    let hp = hparams(method, a.hparams.as_deref(), a.layers, None, model.config())?;
     let l_r = *hp
         .layers
         .last()

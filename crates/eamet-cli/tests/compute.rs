@@ -153,3 +153,43 @@ fn info_opens_a_hugging_face_directory() {
             "(3 layers, d_model 64, d_ff 256, vocabulary",
         ));
 }
+
+/// Without `--hparams`, a model that is not SmolLM2-shaped gets the SmolLM2 presets with a note
+/// on stderr naming the model's shape (here they do not even fit: layer 3 of 3 layers).
+#[test]
+fn presets_of_another_model_are_named_on_stderr() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../eamet-hooks/tests/golden/tiny-gpt2");
+    let dir = tempfile::tempdir().unwrap();
+    let facts = dir.path().join("facts.jsonl");
+    std::fs::write(
+        &facts,
+        r#"{"subject": "Japan", "prompt": "The capital of {} is", "target_new": "Rome"}"#,
+    )
+    .unwrap();
+    eamet()
+        .args(["edit", "--model"])
+        .arg(&model)
+        .arg("--facts")
+        .arg(&facts)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "note: no --hparams given, so the SmolLM2-135M presets are used",
+        ))
+        .stderr(predicate::str::contains("(gpt2, 3 layers, d_ff 256)"))
+        .stderr(predicate::str::contains("layer 3 is out of range"));
+    let hp = dir.path().join("hp.json");
+    std::fs::write(&hp, r#"{"layers": [3]}"#).unwrap();
+    eamet()
+        .args(["edit", "--model"])
+        .arg(&model)
+        .arg("--facts")
+        .arg(&facts)
+        .arg("--hparams")
+        .arg(&hp)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("note: no --hparams").not())
+        .stderr(predicate::str::contains("layer 3 is out of range"));
+}
