@@ -243,15 +243,23 @@ fn is_f32(d: &Dtype) -> bool {
     *d == Dtype::F32
 }
 
+/// SHA-256 (hex) of the documents context prefixes are cut from: each document's byte length
+/// (little-endian u64), then its bytes. Recorded in reports
+/// ([`RunInfo::prefix_docs_sha256`](crate::eval::report::RunInfo::prefix_docs_sha256)).
+pub fn prefix_docs_sha256(docs: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for d in docs {
+        h.update((d.len() as u64).to_le_bytes());
+        h.update(d.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
 impl PreCacheKey {
     fn new(model_sha256: &str, dtype: Dtype, plan: &EvalPlan, records: &[EvalRecord]) -> Self {
         use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for d in &plan.prefix_docs {
-            h.update((d.len() as u64).to_le_bytes());
-            h.update(d.as_bytes());
-        }
-        let prefix_docs_sha256 = format!("{:x}", h.finalize());
+        let prefix_docs_sha256 = prefix_docs_sha256(&plan.prefix_docs);
         // Every field of every record (prompts, targets, probes) counts.
         let records_sha256 = format!("{:x}", Sha256::digest(format!("{records:?}").as_bytes()));
         let mut eval = plan.eval.clone();

@@ -6,7 +6,8 @@
 For each metric (default: strict / lenient efficacy, strict generalization, classic specificity
 and the neighbourhood KL), per record: post-edit value of B minus that of A. Prints the means,
 the mean difference with its paired standard error, and for 0/1 metrics the number of records
-only A succeeds on and only B succeeds on. The reports must hold the same records in the same
+only A succeeds on and only B succeeds on. Records where either report lacks a finite value of
+the metric are left out; the "records" column says how many were compared. The reports must hold the same records in the same
 order (checked by case id and subject).
 """
 import json
@@ -39,12 +40,15 @@ def main(argv):
     if [k for k, _ in a] != [k for k, _ in b]:
         sys.exit("the two reports do not hold the same records in the same order")
     metrics = argv[3:] or DEFAULT
-    print(f"| metric | {ma} | {mb} | {mb} − {ma} (± paired s.e.) | only {ma} | only {mb} |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| metric | records | {ma} | {mb} | {mb} − {ma} (± paired s.e.) | only {ma} | only {mb} |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for m in metrics:
-        pairs = [(x[m], y[m]) for (_, x), (_, y) in zip(a, b) if m in x and m in y]
+        num = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+        pairs = [
+            (x[m], y[m]) for (_, x), (_, y) in zip(a, b) if num(x.get(m)) and num(y.get(m))
+        ]
         if not pairs:
-            print(f"| {m} | - | - | - | - | - |")
+            print(f"| {m} | 0 | - | - | - | - | - |")
             continue
         n = len(pairs)
         d = [y - x for x, y in pairs]
@@ -58,7 +62,7 @@ def main(argv):
         )
         ma_ = sum(x for x, _ in pairs) / n
         mb_ = sum(y for _, y in pairs) / n
-        print(f"| {m} | {ma_:.3f} | {mb_:.3f} | {mean:+.3f} ± {se:.3f} | {only[0]} | {only[1]} |")
+        print(f"| {m} | {n} | {ma_:.3f} | {mb_:.3f} | {mean:+.3f} ± {se:.3f} | {only[0]} | {only[1]} |")
 
 
 if __name__ == "__main__":

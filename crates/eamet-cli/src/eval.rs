@@ -94,7 +94,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         stats_corpus
     };
     let plan = eval_plan(&a, method, hp, edit_corpus, prefix_docs, records.len());
-    let info = run_info(&a, &path, &model, dataset, format, records.len())?;
+    let mut info = run_info(&a, &path, &model, dataset, format, records.len())?;
+    info.prefix_docs_sha256 = Some(eamet::evaluation::prefix_docs_sha256(&plan.prefix_docs));
     if !a.json {
         eprintln!(
             "evaluating {} on {} records of {} (pre-edit, edit, post-edit)",
@@ -257,6 +258,7 @@ fn run_info(
         environment: environment(),
         dtype: model.dtype().name().into(),
         device: eamet::hooks::compute::device_name(model.device()),
+        prefix_docs_sha256: None,
     })
 }
 
@@ -322,6 +324,13 @@ fn load_pre(dir: &Path, info: &RunInfo, plan: &EvalPlan) -> Result<Vec<RecordEva
     if i.eval_config != cmp {
         diffs.push("metric settings");
     }
+    match (&i.prefix_docs_sha256, &info.prefix_docs_sha256) {
+        (Some(a), Some(b)) if a != b => diffs.push("context prefix documents"),
+        (None, Some(_)) => diffs.push(
+            "context prefix documents (it predates their record: its prefixes cannot be checked)",
+        ),
+        _ => {}
+    }
     if !diffs.is_empty() {
         bail!(
             "--pre-from {}: its pre-edit results differ in {}",
@@ -378,6 +387,7 @@ mod tests {
             environment: BTreeMap::new(),
             dtype: dtype.into(),
             device: "cpu".into(),
+            prefix_docs_sha256: None,
         }
     }
 
@@ -407,5 +417,33 @@ mod tests {
         assert!(load_pre(dir.path(), &info("f32"), &plan()).is_ok());
         let e = load_pre(dir.path(), &info("bf16"), &plan()).unwrap_err();
         assert!(e.to_string().contains("compute dtype"), "{e}");
+    }
+
+    /// Pre-edit results measured behind other context prefixes are refused, and so are those of
+    /// a report that does not record its prefix documents (written before the field existed).
+    #[test]
+    fn pre_from_refuses_other_prefix_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |sha: Option<&str>| RunInfo {
+            prefix_docs_sha256: sha.map(String::from),
+            ..info("f32")
+        };
+        let write = |i: RunInfo| {
+            let report = Report::new(i, Vec::new(), Vec::new(), Vec::new());
+            std::fs::write(
+                dir.path().join("report.json"),
+                serde_json::to_string(&report).unwrap(),
+            )
+            .unwrap();
+        };
+        write(with(Some("aa")));
+        assert!(load_pre(dir.path(), &with(Some("aa")), &plan()).is_ok());
+        let e = load_pre(dir.path(), &with(Some("bb")), &plan()).unwrap_err();
+        assert!(e.to_string().contains("context prefix documents"), "{e}");
+        write(with(None));
+        let e = load_pre(dir.path(), &with(Some("aa")), &plan()).unwrap_err();
+        assert!(e.to_string().contains("predates"), "{e}");
+        let text = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
+        assert!(!text.contains("prefix_docs_sha256"), "None is not written");
     }
 }

@@ -432,8 +432,9 @@ fn summarize(dirs: &[PathBuf], out: &std::path::Path, pareto: bool) -> anyhow::R
         }
     }
     eprintln!(
-        "wrote {} and {} plot files into {}",
+        "wrote {}{} and {} plot files into {}",
         path.display(),
+        if pareto { " and pareto.md" } else { "" },
         plots.len(),
         out.display()
     );

@@ -16,8 +16,11 @@ const MODEL_COMMANDS: [&[&str]; 7] = [
     &["info"],
 ];
 
+/// The CLI, one OpenMP thread per process (the harness runs these tests in parallel; see cli.rs).
 fn eamet() -> Command {
-    Command::cargo_bin("eamet").unwrap()
+    let mut c = Command::cargo_bin("eamet").unwrap();
+    c.env("OMP_NUM_THREADS", "1");
+    c
 }
 
 #[test]
@@ -192,4 +195,43 @@ fn presets_of_another_model_are_named_on_stderr() {
         .failure()
         .stderr(predicate::str::contains("note: no --hparams").not())
         .stderr(predicate::str::contains("layer 3 is out of range"));
+}
+
+/// `summarize --pareto` on two committed reports: the sweep table labels each setting by its
+/// directory (the parent's name for a directory called `report`) and marks the fronts.
+#[test]
+fn summarize_pareto_labels_settings_by_directory() {
+    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results");
+    let dir = tempfile::tempdir().unwrap();
+    let setting = dir.path().join("eamet-setting");
+    std::fs::create_dir(&setting).unwrap();
+    std::os::unix::fs::symlink(
+        results.join("counterfact_easyedit_edit-1000-eamet"),
+        setting.join("report"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    eamet()
+        .arg("summarize")
+        .arg("--pareto")
+        .arg(setting.join("report"))
+        .arg(results.join("counterfact_easyedit_edit-1000-memit"))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("and pareto.md"));
+    let md = std::fs::read_to_string(out.join("pareto.md")).unwrap();
+    // EAMET has the lower KL and the higher strict efficacy: on both fronts; MEMIT only on
+    // its own method's.
+    assert!(
+        md.contains("| eamet-setting | eamet | 3-4 | 100 | 0.5 |"),
+        "{md}"
+    );
+    assert!(md.contains("| 1.151 / 2.960 | 1.352 | ● ★ |"), "{md}");
+    assert!(
+        md.contains("| counterfact_easyedit_edit-1000-memit | memit | 3-4 | 100 | - |"),
+        "{md}"
+    );
+    assert!(out.join("pareto.svg").exists() && out.join("pareto.png").exists());
 }

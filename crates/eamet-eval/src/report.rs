@@ -50,6 +50,12 @@ pub struct RunInfo {
     /// The device the model ran on (`cpu`, `cuda:0`); `cpu` for older reports.
     #[serde(default = "default_device")]
     pub device: String,
+    /// SHA-256 of the documents the context prefixes were cut from (each document's byte
+    /// length, little-endian u64, then its bytes), so that `--pre-from` can refuse pre-edit
+    /// results measured behind other prefixes; `None` for reports written before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_docs_sha256: Option<String>,
 }
 
 fn default_dtype() -> String {

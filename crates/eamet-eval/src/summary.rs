@@ -1,5 +1,6 @@
 //! Many reports side by side (feature `metrics`): the table and the plots against the number of
-//! edits that compare methods across scales (`eamet summarize`).
+//! edits that compare methods across scales (`eamet summarize`), and the table and trade-off
+//! plot of a hyperparameter sweep with its Pareto front (`eamet summarize --pareto`).
 
 use crate::plot;
 use crate::report::{Report, ReportError};
@@ -164,8 +165,19 @@ fn setting(r: &Report) -> [String; 4] {
             .collect::<Vec<_>>()
             .join("-")
     });
-    let num = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), format_setting);
+    // A number, or per-layer numbers joined by `/`.
+    let num = |v: &serde_json::Value| match v {
+        serde_json::Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| x.as_f64().map_or("?".to_string(), format_setting))
+            .collect::<Vec<_>>()
+            .join("/"),
+        _ => v.as_f64().map_or("-".to_string(), format_setting),
+    };
+    // Only the aligning methods have a gate.
+    let aligns = matches!(r.info.method.as_str(), "eamet" | "alphaedit-aligned");
     let gate = match h["alignment_schedule"]["kind"].as_str() {
+        _ if !aligns => "-".to_string(),
         Some("nll_gated") => num(&h["alignment_schedule"]["threshold"]),
         Some(other) => other.to_string(),
         None => "-".to_string(),
@@ -188,11 +200,12 @@ fn format_setting(v: f64) -> String {
 }
 
 /// The (neighbourhood KL mean, strict efficacy) trade-off point of a report; NaN where the
-/// report has no neighbourhood KL or no strict efficacy.
+/// report has no finite neighbourhood KL or strict efficacy (such a setting is on no front).
 fn tradeoff(r: &Report) -> (f64, f64) {
+    let finite = |v: f64| if v.is_finite() { v } else { f64::NAN };
     (
-        r.drift.as_ref().map_or(f64::NAN, |d| d.kl_mean),
-        r.post.get("strict.efficacy").map_or(f64::NAN, |v| v.0),
+        finite(r.drift.as_ref().map_or(f64::NAN, |d| d.kl_mean)),
+        finite(r.post.get("strict.efficacy").map_or(f64::NAN, |v| v.0)),
     )
 }
 

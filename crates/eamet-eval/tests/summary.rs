@@ -33,6 +33,7 @@ fn report(method: &str, n: usize, efficacy: f64, a: f64, edit_s: f64) -> Report 
         environment: Default::default(),
         dtype: "f32".into(),
         device: "cpu".into(),
+        prefix_docs_sha256: None,
     };
     let mut r = Report::new(
         info,
@@ -218,6 +219,12 @@ fn sweep_table_marks_the_fronts_and_the_settings() {
     assert!(rows[1].ends_with("| - | - |  |"), "{}", rows[1]);
     assert!(
         rows[2].ends_with("| 0.400 / 1.200 | 0.200 | ● ★ |"),
+        "{}",
+        rows[2]
+    );
+    // MEMIT does not align: no gate shown.
+    assert!(
+        rows[2].starts_with("| memit-lam1000 | memit | 3-4 | 1000 | - | 256 |"),
         "{}",
         rows[2]
     );

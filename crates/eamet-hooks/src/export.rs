@@ -500,7 +500,7 @@ pub fn ffn_down_name(layer: usize) -> String {
 /// # Errors
 /// [`ExportError::MissingLayer`] for a layer the file lacks; [`ExportError::Encode`] (with
 /// [`QuantError::QuantizeUnsupported`], which lists the writable types, or
-/// [`QuantError::NotWholeBlocks`] when a row is not whole blocks of the type) naming the first
+/// [`QuantError::RowNotWholeBlocks`] when a row is not whole blocks of the type) naming the first
 /// tensor that cannot be written; a GGUF error when the file does not parse.
 pub fn check_gguf_edited_types(path: &Path, layers: &[usize], edited: EditedType) -> Result<()> {
     let src = GgufFile::open(path)?;
@@ -535,9 +535,9 @@ fn writable_type(info: &TensorInfo, edited: EditedType) -> Result<GgmlType> {
     let block = dtype.block_layout().0;
     let row = info.dims.first().copied().unwrap_or(0);
     if row % block != 0 {
-        return refuse(QuantError::NotWholeBlocks {
+        return refuse(QuantError::RowNotWholeBlocks {
             dtype,
-            len: row as usize,
+            row: row as usize,
             block: block as usize,
         });
     }

@@ -69,6 +69,17 @@ pub enum QuantError {
         /// Elements per block of `dtype`.
         block: usize,
     },
+    /// A tensor's rows (its contiguous `dims[0]` values) are not whole blocks of the type, as
+    /// GGML readers require, even where the whole tensor would be.
+    #[error("rows of {row} values are not whole {dtype} blocks of {block}")]
+    RowNotWholeBlocks {
+        /// The type asked for.
+        dtype: GgmlType,
+        /// Values per row.
+        row: usize,
+        /// Elements per block of `dtype`.
+        block: usize,
+    },
     /// A value is NaN or infinite, which the block formats cannot store.
     #[error("value {index} is {value}: {dtype} blocks cannot store non-finite values")]
     NonFinite {

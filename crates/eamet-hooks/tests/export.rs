@@ -469,10 +469,14 @@ fn rows_that_are_not_whole_blocks_are_refused_up_front() {
     let e = check_gguf_edited_types(&path, &[0], "q8_0".parse().unwrap()).unwrap_err();
     assert!(
         matches!(&e, ModelError::Export(x) if matches!(**x,
-            ExportError::Encode { dtype: GgmlType::Q8_0, source: QuantError::NotWholeBlocks { len: 48, block: 32, .. }, .. })),
+            ExportError::Encode { dtype: GgmlType::Q8_0, source: QuantError::RowNotWholeBlocks { row: 48, block: 32, .. }, .. })),
         "{e:?}"
     );
-    assert!(e.to_string().contains("blk.0.ffn_down.weight"), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("blk.0.ffn_down.weight") && msg.contains("rows of 48 values"),
+        "{msg}"
+    );
 }
 
 /// `--edited-type source` on a K-quant file is refused before any edit is computed, naming the
