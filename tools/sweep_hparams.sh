@@ -12,7 +12,8 @@
 # change the solve (λ, key statistics) reuse those residuals and the pre-edit evaluation, so the
 # whole sweep costs one residual optimization per (method, layers, gate). Every step is
 # resumable: a setting whose report exists is skipped, and residual run directories resume.
-# Environment: EAMET (the CLI binary, default target/release/eamet), EAMET_DATA_DIR,
+# Environment: EAMET (the CLI binary; default: a copy of target/release/eamet pinned in
+# OUT/bin on the first run), EAMET_DATA_DIR,
 # SWEEP_N (200), SWEEP_OFFSET (9000), SWEEP_LAMBDAS ("30 100 300 1000 3000"), SWEEP_MODEL
 # (default: the set-up's SmolLM2), SWEEP_PRESET (the presets every setting starts from,
 # hparams/<METHOD>/<stem>.json; default smollm2-135m),
@@ -20,7 +21,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/sweep}
-EAMET=${EAMET:-target/release/eamet}
+# One binary for the whole sweep, across resumes: without EAMET, the release build is copied to
+# $OUT/bin/eamet on the first run and that copy is used from then on (a later rebuild could
+# sample other context documents, and --pre-from would then refuse the first report).
+if [ -z "${EAMET:-}" ]; then
+    EAMET=$OUT/bin/eamet
+    if [ ! -x "$EAMET" ]; then
+        [ -x target/release/eamet ] || cargo build --release -p eamet-cli
+        mkdir -p "$OUT/bin"
+        cp target/release/eamet "$EAMET"
+    fi
+fi
 DATA=${EAMET_DATA_DIR:-../shared/data}
 FILE="$DATA/counterfact_easyedit_train.json"
 N=${SWEEP_N:-200}
@@ -34,7 +45,7 @@ BASE_LAYERS=${LAYER_SETS[0]}
 MODEL_ARGS=()
 [ -n "${SWEEP_MODEL:-}" ] && MODEL_ARGS=(--model "$SWEEP_MODEL")
 [ -f "$FILE" ] || { echo "missing $FILE (EAMET_DATA_DIR)"; exit 1; }
-[ -x "$EAMET" ] || cargo build --release -p eamet-cli
+[ -x "$EAMET" ] || { echo "EAMET=$EAMET is not an executable"; exit 1; }
 mkdir -p "$OUT/hparams" "$OUT/residuals"
 
 # hparams file from a preset with overrides: hp <out> <preset> key=json ...
