@@ -95,17 +95,7 @@ for method in memit eamet; do
         done
     done
 done
-# The alignment gate (EAMET, the first layer set): threshold 0.25 and 1.0 besides the preset's 0.5.
 BASE_TAG=L${BASE_LAYERS//,/-}
-for gate in 0.25 1.0; do
-    tag=eamet-$BASE_TAG-gate$gate
-    for lam in $LAMBDAS; do
-        f="$OUT/hparams/$tag-lam$lam.json"
-        hp "$f" "hparams/EAMET/$PRESET.json" "layers=[$BASE_LAYERS]" "mom2_update_weight=$lam" \
-            "alignment_schedule={\"kind\": \"nll_gated\", \"threshold\": $gate}"
-        run "$tag-lam$lam" eamet "$f" "$tag"
-    done
-done
 # Key statistics: 4096 documents of WikiText-2 and of model-written text (the first layer set;
 # the residuals of its runs are reused: statistics only enter the solve).
 for method in memit eamet; do
@@ -117,6 +107,16 @@ for method in memit eamet; do
         if [ -f "$WIKI" ]; then
             run "$method-$BASE_TAG-wiki4096-lam$lam" "$method" "$f" "$method-$BASE_TAG" --stats-corpus "$WIKI"
         fi
+    done
+done
+# The alignment gate (EAMET, the first layer set): threshold 0.25 and 1.0 besides the preset's 0.5.
+for gate in 0.25 1.0; do
+    tag=eamet-$BASE_TAG-gate$gate
+    for lam in $LAMBDAS; do
+        f="$OUT/hparams/$tag-lam$lam.json"
+        hp "$f" "hparams/EAMET/$PRESET.json" "layers=[$BASE_LAYERS]" "mom2_update_weight=$lam" \
+            "alignment_schedule={\"kind\": \"nll_gated\", \"threshold\": $gate}"
+        run "$tag-lam$lam" eamet "$f" "$tag"
     done
 done
 echo "sweep done: $OUT"

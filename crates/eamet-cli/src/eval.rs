@@ -3,7 +3,7 @@
 use crate::common::{cache_dir, corpus, hparams, load_model, read_records, resolve_model};
 use anyhow::{bail, Result};
 use eamet::eval::data::EvalRecord;
-use eamet::eval::metrics::{EvalConfig, RecordEval};
+use eamet::eval::metrics::{EvalConfig, PrefixedScope, RecordEval};
 use eamet::eval::report::Report;
 use eamet::eval::report::RunInfo;
 use eamet::evaluation::{run_eval_with_pre, EvalPlan, EvalSchedule};
@@ -31,6 +31,7 @@ pub struct EvalArgs {
     pub no_fluency: bool,
     pub no_robustness: bool,
     pub extra_sample: usize,
+    pub prefixed_all: bool,
     pub run_dir: Option<PathBuf>,
     pub same_subject: bool,
     pub pre_from: Option<PathBuf>,
@@ -184,7 +185,8 @@ fn prefix_docs(
 }
 
 /// The metric settings: the defaults, less what `--no-fluency` / `--no-robustness` turn off,
-/// with the fluency and robustness sample of `--extra-sample` records.
+/// with the fluency, robustness and prefixed sample of `--extra-sample` records (the prefixed
+/// prompts on every record with `--prefixed-all`).
 fn eval_config(a: &EvalArgs, n_records: usize) -> EvalConfig {
     let mut eval = EvalConfig {
         progress: !a.json,
@@ -197,6 +199,9 @@ fn eval_config(a: &EvalArgs, n_records: usize) -> EvalConfig {
     }
     if a.no_robustness {
         eval.robustness_lens.clear();
+    }
+    if a.prefixed_all {
+        eval.prefixed_scope = PrefixedScope::All;
     }
     eval
 }

@@ -164,6 +164,10 @@ enum Command {
         /// with --seed; the report lists them); at least --n means every record.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         extra_sample: u64,
+        /// Score the prefixed edit and neighbourhood prompts on every record (the reference's
+        /// protocol, about five times the cost) instead of on the --extra-sample records only.
+        #[arg(long)]
+        prefixed_all: bool,
         /// Run directory for the residuals (resumable).
         #[arg(long)]
         run_dir: Option<PathBuf>,
@@ -594,6 +598,7 @@ fn main() -> ExitCode {
             no_fluency,
             no_robustness,
             extra_sample,
+            prefixed_all,
             run_dir,
             same_subject,
             pre_from,
@@ -617,6 +622,7 @@ fn main() -> ExitCode {
                 no_fluency,
                 no_robustness,
                 extra_sample: extra_sample as usize,
+                prefixed_all,
                 run_dir,
                 same_subject,
                 pre_from,

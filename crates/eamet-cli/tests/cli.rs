@@ -576,6 +576,10 @@ fn score_and_eval_on_small_inputs() {
     assert!(report.join("neighbourhood_kl.svg").exists());
     // The fluency / robustness sample: one of the two records, listed.
     assert_eq!(rep["extra_records"].as_array().unwrap().len(), 1);
+    // The prefixed prompts run on that sample too; the unprefixed ones on both records.
+    assert_eq!(rep["post"]["strict.efficacy_prefixed"][1], 1);
+    assert_eq!(rep["post"]["strict.efficacy"][1], 2);
+    assert_eq!(rep["info"]["eval_config"]["prefixed_scope"], "sample");
     // Reports side by side.
     let summary = dir.path().join("summary");
     let out = eamet()

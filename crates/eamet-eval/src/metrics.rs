@@ -440,6 +440,11 @@ pub struct EvalConfig {
     /// Seed of that sample.
     #[serde(default)]
     pub extra_seed: u64,
+    /// Which records get the prefixed prompts (each edit and neighbourhood prompt under every
+    /// prefix of `prefixed_len` tokens: about four in five of the tokens an evaluation scores).
+    /// Reports written before this setting existed read as [`PrefixedScope::All`].
+    #[serde(default = "PrefixedScope::all")]
+    pub prefixed_scope: PrefixedScope,
     /// Show progress bars on stderr (prompts scored / generated).
     #[serde(skip)]
     pub progress: bool,
@@ -458,8 +463,27 @@ impl Default for EvalConfig {
             lenient_case_insensitive: false,
             extra_sample: Some(DEFAULT_EXTRA_SAMPLE),
             extra_seed: 0,
+            prefixed_scope: PrefixedScope::Sample,
             progress: false,
         }
+    }
+}
+
+/// Which records are scored under context prefixes ([`EvalConfig::prefixed_scope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixedScope {
+    /// Every record (the reference's protocol; five times the cost of the unprefixed prompts).
+    All,
+    /// Only the records of the fluency and robustness sample ([`EvalConfig::extra_sample`]);
+    /// every record when there is no sample.
+    Sample,
+}
+
+impl PrefixedScope {
+    /// [`PrefixedScope::All`] (the value of reports that predate the setting).
+    pub fn all() -> Self {
+        PrefixedScope::All
     }
 }
 
@@ -787,7 +811,9 @@ impl PromptSets {
                 fluency_texts: Vec::new(),
             });
             sets.add_prompts(ri, rec, &edit_prompt);
-            sets.add_prefixed(ri, rec, &edit_prompt, prefixed, cfg.prefixed_neighbourhood);
+            if extra[ri] || cfg.prefixed_scope == PrefixedScope::All {
+                sets.add_prefixed(ri, rec, &edit_prompt, prefixed, cfg.prefixed_neighbourhood);
+            }
             if extra[ri] {
                 sets.add_robustness(ri, rec, &edit_prompt, prefixes, &cfg.robustness_lens);
                 if cfg.fluency_tokens > 0 {

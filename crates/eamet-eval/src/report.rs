@@ -4,7 +4,9 @@
 //! and plots.
 
 use crate::drift::DriftSummary;
-use crate::metrics::{robustness_metric, summarize, EvalConfig, PromptKind, RecordEval, METRICS};
+use crate::metrics::{
+    robustness_metric, summarize, EvalConfig, PrefixedScope, PromptKind, RecordEval, METRICS,
+};
 use crate::plot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -185,8 +187,14 @@ impl Report {
             s.push_str(&format!("- command: `{c}`\n"));
         }
         if let Some(x) = &self.extra_records {
+            let suites = match i.eval_config.prefixed_scope {
+                PrefixedScope::Sample if i.eval_config.prefixed_len.is_some() => {
+                    "fluency, robustness and the prefixed prompts"
+                }
+                _ => "fluency and robustness",
+            };
             s.push_str(&format!(
-                "- fluency and robustness: on a seeded sample of {} of the {} records (seed {}; indices in report.json `extra_records`)\n",
+                "- {suites}: on a seeded sample of {} of the {} records (seed {}; indices in report.json `extra_records`)\n",
                 x.len(),
                 i.n,
                 i.eval_config.extra_seed

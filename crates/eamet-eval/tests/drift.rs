@@ -294,3 +294,60 @@ fn fluency_runs_on_the_extra_sample_only() {
     .unwrap();
     assert!(all.iter().all(|r| r.metrics.contains_key("fluency")));
 }
+
+#[test]
+fn prefixed_prompts_follow_their_scope() {
+    use eamet_eval::metrics::PrefixedScope;
+    let m = tiny();
+    let records = load_str("drift.jsonl", RECORDS, &LoadOptions::default())
+        .unwrap()
+        .into_edits()
+        .unwrap();
+    let docs = vec![
+        "The history of the city begins in the early middle ages, when a small settlement grew around the river crossing and its market.".to_string();
+        2
+    ];
+    let prefixes = ContextPrefixes::from_corpus(m.tokenizer(), &docs, &[5], 3, 1).unwrap();
+    let cfg = EvalConfig {
+        fluency_tokens: 0,
+        robustness_lens: Vec::new(),
+        prefixed_len: Some(5),
+        extra_sample: Some(1),
+        extra_seed: 5,
+        ..Default::default()
+    };
+    // The default scope: only the sampled record is scored under prefixes, and the unprefixed
+    // metrics do not change with the scope.
+    assert_eq!(cfg.prefixed_scope, PrefixedScope::Sample);
+    let sampled = evaluate(&m, &records, &prefixes, &cfg, None).unwrap();
+    let with = |out: &[eamet_eval::metrics::RecordEval]| -> Vec<usize> {
+        (0..out.len())
+            .filter(|&i| out[i].metrics.contains_key("strict.efficacy_prefixed"))
+            .collect()
+    };
+    assert_eq!(
+        with(&sampled),
+        eamet_eval::metrics::extra_sample(2, Some(1), 5)
+    );
+    let all_cfg = EvalConfig {
+        prefixed_scope: PrefixedScope::All,
+        ..cfg.clone()
+    };
+    let all = evaluate(&m, &records, &prefixes, &all_cfg, None).unwrap();
+    assert_eq!(with(&all), vec![0, 1]);
+    for (a, b) in sampled.iter().zip(&all) {
+        assert_eq!(a.metrics["strict.efficacy"], b.metrics["strict.efficacy"]);
+        assert_eq!(
+            a.metrics["strict.specificity"],
+            b.metrics["strict.specificity"]
+        );
+        for (k, v) in &a.metrics {
+            assert_eq!(b.metrics.get(k), Some(v), "{k}");
+        }
+    }
+    // Reports written before the setting existed meant every record.
+    let mut v = serde_json::to_value(&cfg).unwrap();
+    v.as_object_mut().unwrap().remove("prefixed_scope");
+    let old: EvalConfig = serde_json::from_value(v).unwrap();
+    assert_eq!(old.prefixed_scope, PrefixedScope::All);
+}
