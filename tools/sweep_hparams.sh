@@ -17,7 +17,11 @@
 # SWEEP_N (200), SWEEP_OFFSET (9000), SWEEP_LAMBDAS ("30 100 300 1000 3000"), SWEEP_MODEL
 # (default: the set-up's SmolLM2), SWEEP_PRESET (the presets every setting starts from,
 # hparams/<METHOD>/<stem>.json; default smollm2-135m),
-# SWEEP_LAYERS ("3,4 2,3,4,5,6 8,9"; the first set is the one the gate and statistics runs use).
+# SWEEP_LAYERS ("3,4 2,3,4,5,6 8,9"; the first set is the one the gate and statistics runs use),
+# SWEEP_DONE (a directory of finished settings, e.g. docs/sweep/smollm2-135m, whose
+# <setting>/report.json, committed by tools/compact_report.py, marks a setting to skip).
+# Across machines: copy the committed residual run directories (docs/sweep/<model>/residuals,
+# tools/compact_report.py does not make them) into OUT/residuals first, and they resume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/sweep}
@@ -69,6 +73,10 @@ run() {
     local name=$1 method=$2 hpf=$3 res=$4
     shift 4
     local report="$OUT/$name/report"
+    if [ -n "${SWEEP_DONE:-}" ] && [ -f "$SWEEP_DONE/$name/report.json" ]; then
+        echo "== $name: done in $SWEEP_DONE"
+        return
+    fi
     if [ -f "$report/report.json" ]; then
         echo "== $name: done"
         [ -n "$PRE" ] || PRE=$report
