@@ -57,6 +57,7 @@ pub mod stats;
 pub use eamet_optim::Fact;
 pub use editor::{
     EditHparams, EditOptions, EditOutcome, Editor, LayerWeights, Method, REFERENCE_ONLY_FIELDS,
+    SMOLLM2_LAMBDA, SMOLLM2_LAMBDA_ALIGNED,
 };
 
 /// Errors of the facade.

@@ -175,3 +175,116 @@ fn misspelled_fields_are_errors_that_suggest_the_name() {
         .unwrap()
         .contains("early_stop_nll"));
 }
+
+/// One sweep setting, as its committed report states it.
+struct Setting {
+    name: String,
+    lambda: f64,
+    efficacy: f64,
+    generalization: f64,
+    kl: f64,
+}
+
+/// The committed sweep settings of `method` at layers 3,4 with the presets' other values (the
+/// 256 model-written statistics documents and, for EAMET, the NLL gate at 0.5).
+fn sweep_settings(method: &str) -> Vec<Setting> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/sweep/smollm2-135m");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path().join("report.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let hp = &r["info"]["hparams"];
+        // The statistics corpus is the default unless the command named another.
+        let stats_default = !r["info"]["command"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--stats-corpus");
+        // The NLL gate's threshold (EAMET's schedule) must be the presets' 0.5; MEMIT has none.
+        let gate_default = hp["alignment_schedule"]
+            .get("threshold")
+            .is_none_or(|t| t.as_f64() == Some(0.5));
+        if r["info"]["method"]
+            .as_str()
+            .map(str::to_lowercase)
+            .as_deref()
+            != Some(method)
+            || hp["layers"] != serde_json::json!([3, 4])
+            || hp["mom2_n_samples"] != 256
+            || !stats_default
+            || !gate_default
+        {
+            continue;
+        }
+        out.push(Setting {
+            name: path.parent().unwrap().display().to_string(),
+            lambda: hp["mom2_update_weight"].as_f64().unwrap(),
+            efficacy: r["post"]["strict.efficacy"][0].as_f64().unwrap(),
+            generalization: r["post"]["strict.generalization"][0].as_f64().unwrap(),
+            kl: r["drift"]["kl_mean"].as_f64().unwrap(),
+        });
+    }
+    out
+}
+
+/// docs/hparams.md's rule: on the method's Pareto front of strict efficacy against mean
+/// neighbourhood KL, the lowest-KL setting whose efficacy is within 0.02 of the best; KLs within
+/// 0.005 of each other tie, and the better strict generalization breaks the tie.
+fn choose(settings: &[Setting]) -> &Setting {
+    let dominated = |s: &Setting| {
+        settings.iter().any(|o| {
+            o.kl <= s.kl && o.efficacy >= s.efficacy && (o.kl < s.kl || o.efficacy > s.efficacy)
+        })
+    };
+    let front: Vec<&Setting> = settings.iter().filter(|s| !dominated(s)).collect();
+    let best = front.iter().map(|s| s.efficacy).fold(f64::MIN, f64::max);
+    let near: Vec<&Setting> = front
+        .into_iter()
+        .filter(|s| s.efficacy >= best - 0.02 - 1e-12)
+        .collect();
+    let low = near.iter().map(|s| s.kl).fold(f64::MAX, f64::min);
+    near.into_iter()
+        .filter(|s| s.kl <= low + 0.005)
+        .max_by(|a, b| a.generalization.total_cmp(&b.generalization))
+        .unwrap()
+}
+
+#[test]
+fn smollm2_lambda_is_the_sweeps_choice() {
+    for (method, preset) in [("memit", Method::Memit), ("eamet", Method::Eamet)] {
+        let settings = sweep_settings(method);
+        assert!(
+            settings.len() >= 5,
+            "{method}: the committed sweep (docs/sweep/smollm2-135m) has {} settings at layers 3,4",
+            settings.len()
+        );
+        let chosen = choose(&settings);
+        let lambda = match EditHparams::smollm2(preset).mom2_update_weight {
+            eamet::LayerWeights::One(x) => x,
+            eamet::LayerWeights::PerLayer(v) => v[0],
+        };
+        assert_eq!(
+            lambda, chosen.lambda,
+            "{method}: the rule picks {}",
+            chosen.name
+        );
+    }
+    // The rule on a hand-made front: (λ, efficacy, generalization, KL).
+    let s = |lambda, efficacy, generalization, kl| Setting {
+        name: format!("{lambda}"),
+        lambda,
+        efficacy,
+        generalization,
+        kl,
+    };
+    let toy = [
+        s(1.0, 0.90, 0.2, 0.50),
+        s(2.0, 0.89, 0.2, 0.30),
+        s(3.0, 0.885, 0.3, 0.298), // within 0.005 of λ = 2: generalization decides
+        s(4.0, 0.80, 0.1, 0.10),
+        s(5.0, 0.85, 0.9, 0.40), // dominated by λ = 2
+    ];
+    assert_eq!(choose(&toy).lambda, 3.0);
+}

@@ -37,8 +37,11 @@ use std::path::PathBuf;
 const TINY_TOL: [(Dtype, f64); 2] = [(Dtype::Bf16, 0.25), (Dtype::F16, 0.03)];
 const SMOLLM2_TOL: [(Dtype, f64); 2] = [(Dtype::Bf16, 0.5), (Dtype::F16, 0.05)];
 
-/// Largest max |Δlogit| / std accepted against transformers in the same dtype (measured: 0).
-const HF_SAME_DTYPE_TOL: f64 = 0.01;
+/// Largest max |Δlogit| / std accepted against transformers in the same dtype. Measured: 0 on
+/// the AMD EPYC (AVX2) that made the golden files; 0.034 in bf16 on an Intel Xeon with AMX
+/// (2026-12-01), whose oneDNN bf16 matrix kernels accumulate differently. The golden files come
+/// from one CPU and CI runs on others, so bf16 gets room for that; f16 stays tight.
+const HF_SAME_DTYPE_TOL: [(Dtype, f64); 2] = [(Dtype::Bf16, 0.06), (Dtype::F16, 0.01)];
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -165,7 +168,8 @@ fn llama_family_in_bf16_and_f16_matches_transformers_in_the_same_dtype() {
                 "{name} {dtype}: max |ours - transformers {dtype}|/std {d:.2e} (bit-identical: {})",
                 ours.equal(&want)
             );
-            assert!(d <= HF_SAME_DTYPE_TOL, "{name} {dtype}: {d}");
+            let tol = tol_of(&HF_SAME_DTYPE_TOL, dtype);
+            assert!(d <= tol, "{name} {dtype}: {d}");
         }
     }
 }
@@ -476,4 +480,13 @@ fn gemma3_in_bf16_tracks_f32_and_f16_is_refused() {
         "{e}"
     );
     assert!(e.to_string().contains("bf16"), "{e}");
+}
+
+/// The tolerance a table gives `dtype`.
+fn tol_of(table: &[(Dtype, f64)], dtype: Dtype) -> f64 {
+    table
+        .iter()
+        .find(|(d, _)| *d == dtype)
+        .map(|(_, t)| *t)
+        .unwrap_or_else(|| panic!("no tolerance for {dtype}"))
 }
