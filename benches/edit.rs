@@ -15,6 +15,8 @@
 //! in the optimizer's forward and backward passes (from `Residuals::work`) against a lone
 //! libtorch matrix product of the passes' largest shape.
 
+mod common;
+
 use eamet::eval::data::{load, LoadOptions};
 use eamet::hooks::tch::Device;
 use eamet::hooks::{EditableLm, LlamaModel};
@@ -163,15 +165,7 @@ fn main() {
     assert!(path.exists(), "run `cargo xtask setup` first");
     let mut model = LlamaModel::from_gguf(&path, Device::Cpu).unwrap();
     let (facts, source) = facts(n);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = common::cpu_name();
 
     // One reference-style step on the first fact's real prompts.
     let hp = EditHparams::smollm2(Method::Eamet);

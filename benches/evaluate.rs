@@ -13,6 +13,8 @@
 //! `EAMET_DATA_DIR` (default `../shared/data`). The context documents come from the per-user
 //! cache of model-written text (the first run fills it, as `eamet eval` does).
 
+mod common;
+
 use eamet::eval::data::{load, LoadOptions};
 use eamet::eval::drift::DriftReference;
 use eamet::eval::metrics::{evaluate, ContextPrefixes, EvalConfig, PrefixedScope};
@@ -20,18 +22,6 @@ use eamet::hooks::tch::Device;
 use eamet::hooks::{EditableLm, LlamaModel};
 use std::path::PathBuf;
 use std::time::Instant;
-
-fn cpu() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
 
 fn main() {
     let n: usize = std::env::var("EAMET_BENCH_N")
@@ -66,7 +56,7 @@ fn main() {
     let sample = (n / 10).max(1);
     println!(
         "evaluation of {n} CounterFact EasyEdit records (no robustness, no fluency; sample {sample}), {}, {} threads",
-        cpu(),
+        common::cpu_name(),
         eamet::hooks::tch::get_num_threads()
     );
     println!(
