@@ -19,7 +19,12 @@
 # hparams/<METHOD>/<stem>.json; default smollm2-135m),
 # SWEEP_LAYERS ("3,4 2,3,4,5,6 8,9"; the first set is the one the gate and statistics runs use),
 # SWEEP_DONE (a directory of finished settings, e.g. docs/sweep/smollm2-135m, whose
-# <setting>/report.json, committed by tools/compact_report.py, marks a setting to skip).
+# <setting>/report.json, committed by tools/compact_report.py, marks a setting to skip),
+# SWEEP_METHODS ("memit eamet"; the methods of the layer and clamp stages),
+# SWEEP_PRE (a finished report of this sweep whose pre-edit evaluation the first new setting
+# reuses; default: the first finished report the sweep meets),
+# SWEEP_STAGES ("layers stats gate": λ × layer sets, 4096-document key statistics, the gate;
+# "clamp" also: the `fix_ks` clamp factors SWEEP_CLAMPS, default "1 3", at the first layer set).
 # Across machines: copy the committed residual run directories (docs/sweep/<model>/residuals,
 # tools/compact_report.py does not make them) into OUT/residuals first, and they resume.
 set -euo pipefail
@@ -46,6 +51,8 @@ PRESET=${SWEEP_PRESET:-smollm2-135m}
 read -r -a LAYER_SETS <<< "${SWEEP_LAYERS:-3,4 2,3,4,5,6 8,9}"
 [ ${#LAYER_SETS[@]} -gt 0 ] || { echo "SWEEP_LAYERS names no layer set"; exit 2; }
 BASE_LAYERS=${LAYER_SETS[0]}
+read -r -a METHODS <<< "${SWEEP_METHODS:-memit eamet}"
+STAGES=" ${SWEEP_STAGES:-layers stats gate} "
 MODEL_ARGS=()
 [ -n "${SWEEP_MODEL:-}" ] && MODEL_ARGS=(--model "$SWEEP_MODEL")
 [ -f "$FILE" ] || { echo "missing $FILE (EAMET_DATA_DIR)"; exit 1; }
@@ -68,7 +75,7 @@ EOF
 }
 
 # run <name> <method> <hparams file> <residual dir name> [extra eval args...]
-PRE=""
+PRE=${SWEEP_PRE:-}
 run() {
     local name=$1 method=$2 hpf=$3 res=$4
     shift 4
@@ -92,7 +99,9 @@ run() {
     [ -n "$PRE" ] || PRE=$report
 }
 
-for method in memit eamet; do
+stage() { [[ $STAGES == *" $1 "* ]]; }
+
+stage layers && for method in "${METHODS[@]}"; do
     preset=hparams/${method^^}/$PRESET.json
     for layers in "${LAYER_SETS[@]}"; do
         tag=$method-L${layers//,/-}
@@ -107,22 +116,41 @@ BASE_TAG=L${BASE_LAYERS//,/-}
 # Key statistics: 4096 documents of WikiText-2 and of model-written text (the first layer set;
 # the residuals of its runs are reused: statistics only enter the solve). WikiText first: the
 # 4096 model-written documents must be generated first (about 16 times the 256 default ones).
-for corpus in wiki gen; do
+# The context prefixes of the metrics stay cut from the preset's model-written documents
+# (--prefix-docs), so these reports share the pre-edit evaluation of the others.
+PREFIX_DOCS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["mom2_n_samples"])' \
+    "hparams/MEMIT/$PRESET.json")
+stage stats && for corpus in wiki gen; do
     for method in memit eamet; do
         preset=hparams/${method^^}/$PRESET.json
         for lam in $LAMBDAS; do
             f="$OUT/hparams/$method-$BASE_TAG-gen4096-lam$lam.json"
             hp "$f" "$preset" "layers=[$BASE_LAYERS]" "mom2_update_weight=$lam" "mom2_n_samples=4096"
             if [ $corpus = gen ]; then
-                run "$method-$BASE_TAG-gen4096-lam$lam" "$method" "$f" "$method-$BASE_TAG"
+                run "$method-$BASE_TAG-gen4096-lam$lam" "$method" "$f" "$method-$BASE_TAG" \
+                    --prefix-docs "$PREFIX_DOCS"
             elif [ -f "$WIKI" ]; then
-                run "$method-$BASE_TAG-wiki4096-lam$lam" "$method" "$f" "$method-$BASE_TAG" --stats-corpus "$WIKI"
+                run "$method-$BASE_TAG-wiki4096-lam$lam" "$method" "$f" "$method-$BASE_TAG" \
+                    --stats-corpus "$WIKI" --prefix-docs "$PREFIX_DOCS"
             fi
         done
     done
 done
 # The alignment gate (EAMET, the first layer set): threshold 0.25 and 1.0 besides the preset's 0.5.
-for gate in 0.25 1.0; do
+# The residual clamp ‖δ‖ ≤ clamp_ks_factor·‖k‖ (the first layer set; not in the default stages):
+# where the W_out output is small against the key (Gemma 3), the presets' 12‖k‖ lets δ swamp it.
+stage clamp && for method in "${METHODS[@]}"; do
+    for clamp in ${SWEEP_CLAMPS:-1 3}; do
+        tag=$method-$BASE_TAG-clamp$clamp
+        for lam in $LAMBDAS; do
+            f="$OUT/hparams/$tag-lam$lam.json"
+            hp "$f" "hparams/${method^^}/$PRESET.json" "layers=[$BASE_LAYERS]" \
+                "mom2_update_weight=$lam" "clamp_ks_factor=$clamp"
+            run "$tag-lam$lam" "$method" "$f" "$tag"
+        done
+    done
+done
+stage gate && for gate in 0.25 1.0; do
     tag=eamet-$BASE_TAG-gate$gate
     for lam in $LAMBDAS; do
         f="$OUT/hparams/$tag-lam$lam.json"

@@ -25,6 +25,7 @@ pub struct EvalArgs {
     pub block: Option<usize>,
     pub corpus: Vec<PathBuf>,
     pub stats_corpus: Vec<PathBuf>,
+    pub prefix_docs: Option<usize>,
     pub report: PathBuf,
     pub batch_size: Option<usize>,
     pub seed: u64,
@@ -87,7 +88,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     // Model-written documents take minutes the first time (then they are cached): timed, so
     // that a report's phases add up to its wall time.
     let started = std::time::Instant::now();
-    let prefix_docs = prefix_docs(&model, corpus.as_ref(), &hp, &cache, !a.json)?;
+    let n_docs = a.prefix_docs.unwrap_or(hp.mom2_n_samples);
+    let prefix_docs = prefix_docs(&model, corpus.as_ref(), n_docs, &hp, &cache, !a.json)?;
     let docs_seconds = started.elapsed().as_secs_f64();
     let edit_corpus = if a.stats_corpus.is_empty() {
         corpus
@@ -125,6 +127,12 @@ fn check_args(a: &EvalArgs) -> Result<()> {
     if a.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
     }
+    if a.prefix_docs.is_some() && !a.corpus.is_empty() {
+        bail!(
+            "--prefix-docs counts model-written documents; with --corpus the prefixes are cut \
+             from the corpus files: give one or the other"
+        );
+    }
     if a.report.join("report.json").exists() {
         bail!(
             "{} already holds a report; choose another --report directory",
@@ -160,11 +168,12 @@ fn load_records(a: &EvalArgs) -> Result<(Vec<EvalRecord>, String, String)> {
     ))
 }
 
-/// The documents context prefixes are cut from: the `--corpus` files, else text the model
-/// generates (cached).
+/// The documents context prefixes are cut from: the `--corpus` files, else `n_docs` documents
+/// the model writes (cached).
 fn prefix_docs(
     model: &LlamaModel,
     corpus: Option<&Corpus>,
+    n_docs: usize,
     hp: &EditHparams,
     cache: &Path,
     progress: bool,
@@ -172,14 +181,7 @@ fn prefix_docs(
     Ok(match corpus {
         Some(c) => c.docs.clone(),
         None => {
-            eamet::stats::generated_corpus(
-                model,
-                hp.mom2_n_samples,
-                hp.mom2_max_tokens,
-                cache,
-                progress,
-            )?
-            .docs
+            eamet::stats::generated_corpus(model, n_docs, hp.mom2_max_tokens, cache, progress)?.docs
         }
     })
 }

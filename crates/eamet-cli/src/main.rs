@@ -145,6 +145,11 @@ enum Command {
         /// prefixes of the metrics stay as they are, so reports stay comparable).
         #[arg(long)]
         stats_corpus: Vec<PathBuf>,
+        /// Number of model-written documents the context prefixes are cut from (without
+        /// --corpus); default: the hyperparameters' `mom2_n_samples`. Fix it (e.g. 256) to compare
+        /// settings that differ in `mom2_n_samples`: their reports then share prefixes.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        prefix_docs: Option<u64>,
         /// Report directory (must not hold a report yet).
         #[arg(long)]
         report: PathBuf,
@@ -592,6 +597,7 @@ fn main() -> ExitCode {
             block,
             corpus,
             stats_corpus,
+            prefix_docs,
             report,
             batch_size,
             seed,
@@ -616,6 +622,7 @@ fn main() -> ExitCode {
                 block: block.map(|b| b as usize),
                 corpus,
                 stats_corpus,
+                prefix_docs: prefix_docs.map(|n| n as usize),
                 report,
                 batch_size,
                 seed,

@@ -127,6 +127,16 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
             .arg(&patch),
         "line 2",
     );
+    fails_with(
+        eamet()
+            .args(["eval", "--prefix-docs", "16", "--corpus"])
+            .arg(&facts)
+            .arg("--dataset")
+            .arg(fixture("counterfact_rome_3.json"))
+            .arg("--report")
+            .arg(d.join("r")),
+        "give one or the other",
+    );
     // A run directory holding an earlier run is not reused without --resume, and --resume
     // needs a run directory.
     let earlier = d.join("earlier-run");
@@ -580,6 +590,62 @@ fn score_and_eval_on_small_inputs() {
     assert_eq!(rep["post"]["strict.efficacy_prefixed"][1], 1);
     assert_eq!(rep["post"]["strict.efficacy"][1], 2);
     assert_eq!(rep["info"]["eval_config"]["prefixed_scope"], "sample");
+    // Key statistics of another size (8 documents of a given text) reuse that pre-edit
+    // evaluation only if the context prefixes stay cut from the same model-written documents:
+    // by default they follow `mom2_n_samples` and --pre-from refuses; --prefix-docs 256 (the
+    // presets' size) keeps them.
+    let generic = write(
+        dir.path(),
+        "generic.txt",
+        &(0..40)
+            .map(|i| format!("Line {i} of some ordinary text about rivers, towns and weather.\n"))
+            .collect::<String>(),
+    );
+    let preset =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hparams/MEMIT/smollm2-135m.json");
+    let mut hp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(preset).unwrap()).unwrap();
+    hp["mom2_n_samples"] = 8.into();
+    let hp = write(dir.path(), "hp.json", &hp.to_string());
+    let small_stats = |report: &Path| {
+        let mut c = eamet();
+        c.args([
+            "eval",
+            "--method",
+            "memit",
+            "--n",
+            "2",
+            "--no-fluency",
+            "--no-robustness",
+            "--extra-sample",
+            "1",
+            "--json",
+            "--dataset",
+        ])
+        .arg(fixture("counterfact_rome_3.json"))
+        .arg("--hparams")
+        .arg(&hp)
+        .arg("--stats-corpus")
+        .arg(&generic)
+        .arg("--pre-from")
+        .arg(dir.path().join("report"))
+        .arg("--report")
+        .arg(report);
+        c
+    };
+    fails_with(
+        &mut small_stats(&dir.path().join("report-8")),
+        "context prefix documents",
+    );
+    let out = small_stats(&dir.path().join("report-8-pinned"))
+        .args(["--prefix-docs", "256"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Reports side by side.
     let summary = dir.path().join("summary");
     let out = eamet()
