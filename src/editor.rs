@@ -121,6 +121,13 @@ pub const SMOLLM2_LAMBDA: f64 = 1000.0;
 /// development slice (docs/hparams.md).
 pub const SMOLLM2_LAMBDA_ALIGNED: f64 = 300.0;
 
+/// The one edited layer of the Gemma 3 270M presets (18 blocks; one layer because its post-FFN
+/// norm rules out a spread over several, docs/hparams.md).
+pub const GEMMA3_270M_LAYER: usize = 4;
+
+/// λ of the Gemma 3 270M presets, chosen on the development slice (docs/hparams.md).
+pub const GEMMA3_270M_LAMBDA: f64 = 300.0;
+
 /// Hyperparameters of an edit; accepts the reference hparams files' field names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -241,6 +248,29 @@ impl EditHparams {
             },
             residual,
         }
+    }
+
+    /// Defaults for Gemma 3 270M (18 blocks, d_ff 2048): the SmolLM2 presets of the method with
+    /// one edited layer, [`GEMMA3_270M_LAYER`], and λ = [`GEMMA3_270M_LAMBDA`] for every method,
+    /// from the development-slice sweep of docs/hparams.md. Its MLP output passes a post-FFN
+    /// norm before it reaches the residual stream, so MEMIT's spread over several layers does
+    /// not apply (the [`Editor`] refuses it).
+    pub fn gemma3_270m(method: Method) -> Self {
+        let mut hp = Self::smollm2(method);
+        hp.layers = vec![GEMMA3_270M_LAYER];
+        hp.mom2_update_weight = LayerWeights::One(GEMMA3_270M_LAMBDA);
+        hp
+    }
+
+    /// [`check`](Self::check) against `config`'s depth, and refuses an edit spread over several
+    /// layers of a model that normalizes its MLP outputs (Gemma 3's post-FFN norm): MEMIT's
+    /// spread assumes each layer's `W_out` output adds straight into the residual stream.
+    ///
+    /// # Errors
+    /// [`Error::Input`] or [`Error::Optim`] naming the value that does not fit.
+    pub fn check_model(&self, config: &eamet_hooks::ModelConfig) -> Result<(), Error> {
+        self.check(config.n_layers)?;
+        check_spread(config, &self.layers)
     }
 
     /// Read a JSON file with the reference code's field names. Fields of the reference files
@@ -506,6 +536,26 @@ fn bare_outputs<M: EditableLm + ?Sized>(
     ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))
 }
 
+/// Refuses a layer spread the model cannot carry. MEMIT's spread writes a share of each
+/// residual at every edited layer and measures what is left at the block output of the last
+/// one, which assumes that a layer's `W_out` output adds straight into the residual stream. A
+/// model that normalizes the MLP output before adding it (Gemma 3's post-FFN norm) breaks that:
+/// the earlier layer's share reaches the stream rescaled by the norm's gains, and the last
+/// layer is then asked to undo a shift hundreds of times its own output (docs/hparams.md,
+/// Gemma 3: 100 edits at layers 3,4 left strict efficacy at 0.09–0.15, layer 4 alone 0.47).
+fn check_spread(config: &eamet_hooks::ModelConfig, layers: &[usize]) -> Result<(), Error> {
+    if config.sandwich_norms && layers.len() > 1 {
+        return Err(Error::Input(format!(
+            "layers {layers:?}: a {} model normalizes each MLP output before adding it to the \
+             residual stream (post-FFN norm), so an edit cannot be spread over several layers; \
+             edit one layer (e.g. --layers {})",
+            config.arch_name,
+            layers.last().copied().unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
 /// `A(i) = KL(P_r‖P_k)` over `j < i` (the paper's direction, the optimized neighbourhood), the
 /// form every [`EditOutcome`] reports.
 pub fn report_misalignment(
@@ -535,7 +585,7 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
         hp: EditHparams,
         opts: EditOptions,
     ) -> Result<Self, Error> {
-        hp.check(model.config().n_layers)?;
+        hp.check_model(model.config())?;
         Ok(Editor {
             model,
             method,
@@ -651,7 +701,15 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
         lap("statistics", &mut t);
         let (deltas, solves) = self.write_layers(&prepared, &residuals, &stats, l_r)?;
         lap("solve", &mut t);
-        let written = bare_outputs(&*self.model, &prepared, l_r)? - &residuals.h;
+        // What the solve wrote, in the space the residuals were optimized in: the block output's
+        // change, or for a post-FFN-normed model (one layer, `check_spread`) the W_out output's
+        // change `Δ k`, since its block output moves by a normalized vector instead.
+        let written = if self.model.config().sandwich_norms {
+            let (_, delta) = deltas.last().expect("one delta per layer");
+            keys.dot(&delta.t())
+        } else {
+            bare_outputs(&*self.model, &prepared, l_r)? - &residuals.h
+        };
         let score = report_misalignment(&keys, &residuals.deltas)?;
         let written_score = report_misalignment(&keys, &written)?;
         lap("misalignment", &mut t);

@@ -1,7 +1,7 @@
-//! The shipped hyperparameter files: the SmolLM2 files are exactly the presets
-//! (`EditHparams::smollm2`), every file parses, passes the checks, and names layers the model it
-//! is for has. `EAMET_WRITE_HPARAMS=1 cargo test --test hparams` rewrites the SmolLM2 files from
-//! the presets.
+//! The shipped hyperparameter files: the SmolLM2 and Gemma 3 files are exactly the presets
+//! (`EditHparams::smollm2`, `EditHparams::gemma3_270m`), every file parses, passes the checks,
+//! and names layers the model it is for has. `EAMET_WRITE_HPARAMS=1 cargo test --test hparams`
+//! rewrites those files from the presets.
 
 use eamet::{EditHparams, Method};
 use std::path::{Path, PathBuf};
@@ -15,15 +15,20 @@ fn read(rel: &str) -> EditHparams {
 }
 
 #[test]
-fn smollm2_files_are_the_presets() {
-    let files = [
-        ("smollm2-135m.json", Method::Eamet),
-        ("EAMET/smollm2-135m.json", Method::Eamet),
-        ("MEMIT/smollm2-135m.json", Method::Memit),
-        ("ALPHAEDIT/smollm2-135m.json", Method::AlphaEdit),
+fn preset_files_are_the_presets() {
+    let smollm2 = EditHparams::smollm2;
+    let gemma3 = EditHparams::gemma3_270m;
+    let files: [(&str, Method, fn(Method) -> EditHparams); 7] = [
+        ("smollm2-135m.json", Method::Eamet, smollm2),
+        ("EAMET/smollm2-135m.json", Method::Eamet, smollm2),
+        ("MEMIT/smollm2-135m.json", Method::Memit, smollm2),
+        ("ALPHAEDIT/smollm2-135m.json", Method::AlphaEdit, smollm2),
+        ("EAMET/gemma3-270m.json", Method::Eamet, gemma3),
+        ("MEMIT/gemma3-270m.json", Method::Memit, gemma3),
+        ("ALPHAEDIT/gemma3-270m.json", Method::AlphaEdit, gemma3),
     ];
-    for (rel, method) in files {
-        let preset = EditHparams::smollm2(method);
+    for (rel, method, preset) in files {
+        let preset = preset(method);
         if std::env::var_os("EAMET_WRITE_HPARAMS").is_some() {
             let text = serde_json::to_string_pretty(&preset).unwrap();
             std::fs::write(Path::new(DIR).join(rel), text + "\n").unwrap();
@@ -185,10 +190,20 @@ struct Setting {
     kl: f64,
 }
 
-/// The committed sweep settings of `method` at layers 3,4 with the presets' other values (the
-/// 256 model-written statistics documents and, for EAMET, the NLL gate at 0.5).
-fn sweep_settings(method: &str) -> Vec<Setting> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/sweep/smollm2-135m");
+/// The committed sweep settings of `method` for `model` (`docs/sweep/<model>`) at `layers` with
+/// the presets' other values (the 256 model-written statistics documents, the method's clamp
+/// and, for EAMET, the NLL gate at 0.5).
+fn sweep_settings(model: &str, method: &str, layers: &[usize]) -> Vec<Setting> {
+    let clamp = EditHparams::smollm2(if method == "memit" {
+        Method::Memit
+    } else {
+        Method::Eamet
+    })
+    .residual
+    .clamp_ks_factor;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/sweep")
+        .join(model);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path().join("report.json");
@@ -211,7 +226,8 @@ fn sweep_settings(method: &str) -> Vec<Setting> {
             .map(str::to_lowercase)
             .as_deref()
             != Some(method)
-            || hp["layers"] != serde_json::json!([3, 4])
+            || hp["layers"] != serde_json::json!(layers)
+            || hp["clamp_ks_factor"].as_f64() != Some(clamp)
             || hp["mom2_n_samples"] != 256
             || !stats_default
             || !gate_default
@@ -254,7 +270,7 @@ fn choose(settings: &[Setting]) -> &Setting {
 #[test]
 fn smollm2_lambda_is_the_sweeps_choice() {
     for (method, preset) in [("memit", Method::Memit), ("eamet", Method::Eamet)] {
-        let settings = sweep_settings(method);
+        let settings = sweep_settings("smollm2-135m", method, &[3, 4]);
         assert!(
             settings.len() >= 5,
             "{method}: the committed sweep (docs/sweep/smollm2-135m) has {} settings at layers 3,4",
@@ -287,4 +303,48 @@ fn smollm2_lambda_is_the_sweeps_choice() {
         s(5.0, 0.85, 0.9, 0.40), // dominated by λ = 2
     ];
     assert_eq!(choose(&toy).lambda, 3.0);
+}
+
+/// A model that normalizes its MLP output before the residual add (Gemma 3's post-FFN norm)
+/// takes one edited layer: a spread over several is refused before any work, naming why; the
+/// Gemma 3 presets pass on the real model's configuration (read from its GGUF header when
+/// set-up fetched it).
+#[test]
+fn a_post_norm_model_takes_one_layer() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/eamet-hooks/tests/golden/tiny-llama/config.json");
+    let mut cfg: eamet::hooks::ModelConfig = {
+        let m = eamet::hooks::LlamaModel::from_hf_dir(
+            path.parent().unwrap(),
+            eamet::hooks::tch::Device::Cpu,
+        )
+        .unwrap();
+        eamet::hooks::EditableLm::config(&m).clone()
+    };
+    let mut hp = EditHparams::smollm2(Method::Memit);
+    hp.layers = vec![0, 1];
+    hp.check_model(&cfg).unwrap();
+    cfg.sandwich_norms = true;
+    let err = hp.check_model(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("layers [0, 1]")
+            && err.contains("post-FFN norm")
+            && err.contains("--layers 1"),
+        "{err}"
+    );
+    hp.layers = vec![1];
+    hp.check_model(&cfg).unwrap();
+
+    let gemma = eamet::hooks::paths::gemma3_model().filter(|p| p.exists());
+    let Some(gemma) = gemma else {
+        eprintln!("skipped the Gemma 3 half: its GGUF is not set up (cargo xtask setup --model gemma3-270m)");
+        return;
+    };
+    let f = eamet::hooks::gguf::GgufFile::open(&gemma).unwrap();
+    let cfg = eamet::hooks::ModelConfig::from_gguf(&f).unwrap();
+    assert!(cfg.sandwich_norms);
+    for method in [Method::Memit, Method::Eamet, Method::AlphaEdit] {
+        EditHparams::gemma3_270m(method).check_model(&cfg).unwrap();
+        assert!(EditHparams::smollm2(method).check_model(&cfg).is_err());
+    }
 }

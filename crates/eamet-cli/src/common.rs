@@ -122,14 +122,21 @@ pub fn read_records(
     Ok((records, name, format))
 }
 
-/// Whether `config` is shaped like SmolLM2-135M, the model the built-in presets were chosen for.
-fn smollm2_shaped(config: &ModelConfig) -> bool {
-    config.arch_name == "llama" && (config.n_layers, config.d_model, config.d_ff) == (30, 576, 1536)
+/// The built-in presets of the model `config` is shaped like: SmolLM2-135M or Gemma 3 270M, the
+/// models they were measured on.
+fn preset_for(config: &ModelConfig, method: Method) -> Option<EditHparams> {
+    let shape = (config.n_layers, config.d_model, config.d_ff);
+    match (config.arch_name.as_str(), shape) {
+        ("llama", (30, 576, 1536)) => Some(EditHparams::smollm2(method)),
+        ("gemma3", (18, 640, 2048)) => Some(EditHparams::gemma3_270m(method)),
+        _ => None,
+    }
 }
 
-/// Hyperparameters: a JSON file (reference field names accepted) or the SmolLM2 preset of the
-/// method (with a note on stderr when the model is not SmolLM2-shaped, since the presets were
-/// measured on it); `--layers` and `--block` override; checked against the model's depth.
+/// Hyperparameters: a JSON file (reference field names accepted) or the method's preset for the
+/// model's shape (SmolLM2-135M, Gemma 3 270M; any other model gets SmolLM2's with a note on
+/// stderr, since they were not measured on it); `--layers` and `--block` override; checked
+/// against the model (depth, and one layer where MLP outputs are normalized).
 pub fn hparams(
     method: Method,
     file: Option<&Path>,
@@ -153,17 +160,15 @@ pub fn hparams(
             }
             hp
         }
-        None => {
-            if !smollm2_shaped(config) {
-                eprintln!(
-                    "note: no --hparams given, so the SmolLM2-135M presets are used; they were \
-                     measured on that model, not on this one ({}, {} layers, d_ff {}): see \
-                     docs/hparams.md for how to choose its values",
-                    config.arch_name, config.n_layers, config.d_ff
-                );
-            }
+        None => preset_for(config, method).unwrap_or_else(|| {
+            eprintln!(
+                "note: no --hparams given, so the SmolLM2-135M presets are used; they were \
+                 measured on that model, not on this one ({}, {} layers, d_ff {}): see \
+                 docs/hparams.md for how to choose its values",
+                config.arch_name, config.n_layers, config.d_ff
+            );
             EditHparams::smollm2(method)
-        }
+        }),
     };
     if let Some(l) = layers {
         hp.layers = l;
@@ -177,6 +182,7 @@ pub fn hparams(
             n_layers - 1
         );
     }
+    hp.check_model(config)?;
     Ok(hp)
 }
 
