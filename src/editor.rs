@@ -262,9 +262,10 @@ impl EditHparams {
         hp
     }
 
-    /// [`check`](Self::check) against `config`'s depth, and refuses an edit spread over several
-    /// layers of a model that normalizes its MLP outputs (Gemma 3's post-FFN norm): MEMIT's
-    /// spread assumes each layer's `W_out` output adds straight into the residual stream.
+    /// Checks the values and that the layers exist in `config`'s model, and refuses an edit
+    /// spread over several layers of a model that normalizes its MLP outputs (Gemma 3's
+    /// post-FFN norm): MEMIT's spread assumes each layer's `W_out` output adds straight into
+    /// the residual stream.
     ///
     /// # Errors
     /// [`Error::Input`] or [`Error::Optim`] naming the value that does not fit.

@@ -18,7 +18,8 @@ fn read(rel: &str) -> EditHparams {
 fn preset_files_are_the_presets() {
     let smollm2 = EditHparams::smollm2;
     let gemma3 = EditHparams::gemma3_270m;
-    let files: [(&str, Method, fn(Method) -> EditHparams); 7] = [
+    type Preset = fn(Method) -> EditHparams;
+    let files: [(&str, Method, Preset); 7] = [
         ("smollm2-135m.json", Method::Eamet, smollm2),
         ("EAMET/smollm2-135m.json", Method::Eamet, smollm2),
         ("MEMIT/smollm2-135m.json", Method::Memit, smollm2),
@@ -194,13 +195,14 @@ struct Setting {
 /// the presets' other values (the 256 model-written statistics documents, the method's clamp
 /// and, for EAMET, the NLL gate at 0.5).
 fn sweep_settings(model: &str, method: &str, layers: &[usize]) -> Vec<Setting> {
-    let clamp = EditHparams::smollm2(if method == "memit" {
+    let preset = EditHparams::smollm2(if method == "memit" {
         Method::Memit
     } else {
         Method::Eamet
     })
-    .residual
-    .clamp_ks_factor;
+    .residual;
+    let clamp = preset.clamp_ks_factor;
+    let clamp_kind = serde_json::to_value(preset.weight_decay_method).unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("docs/sweep")
         .join(model);
@@ -228,6 +230,7 @@ fn sweep_settings(model: &str, method: &str, layers: &[usize]) -> Vec<Setting> {
             != Some(method)
             || hp["layers"] != serde_json::json!(layers)
             || hp["clamp_ks_factor"].as_f64() != Some(clamp)
+            || hp["weight_decay_method"] != clamp_kind
             || hp["mom2_n_samples"] != 256
             || !stats_default
             || !gate_default
@@ -268,7 +271,7 @@ fn choose(settings: &[Setting]) -> &Setting {
 }
 
 #[test]
-fn smollm2_lambda_is_the_sweeps_choice() {
+fn preset_lambda_is_the_sweeps_choice() {
     for (method, preset) in [("memit", Method::Memit), ("eamet", Method::Eamet)] {
         let settings = sweep_settings("smollm2-135m", method, &[3, 4]);
         assert!(
@@ -287,6 +290,17 @@ fn smollm2_lambda_is_the_sweeps_choice() {
             chosen.name
         );
     }
+    // Gemma 3 270M: the MEMIT settings at its one layer (docs/sweep/gemma3-270m, 100 edits);
+    // its presets use that λ for every method (EAMET's was not swept on this model).
+    let settings = sweep_settings("gemma3-270m", "memit", &[eamet::GEMMA3_270M_LAYER]);
+    assert!(settings.len() >= 3, "gemma3: {} settings", settings.len());
+    let chosen = choose(&settings);
+    assert_eq!(
+        eamet::GEMMA3_270M_LAMBDA,
+        chosen.lambda,
+        "gemma3: the rule picks {}",
+        chosen.name
+    );
     // The rule on a hand-made front: (λ, efficacy, generalization, KL).
     let s = |lambda, efficacy, generalization, kl| Setting {
         name: format!("{lambda}"),

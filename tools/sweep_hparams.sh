@@ -5,7 +5,7 @@
 #
 #   tools/sweep_hparams.sh [OUT]        (default OUT: runs/sweep)
 #   SWEEP_MODEL=${EAMET_HOME:-$HOME/.cache/eamet}/models/gemma-3-270m-q4_k_m.gguf \
-#     SWEEP_LAYERS="3,4 5,6 2,3,4,5,6" tools/sweep_hparams.sh runs/sweep-gemma3
+#     SWEEP_LAYERS="4 3 6" tools/sweep_hparams.sh runs/sweep-gemma3   (one layer: its post-FFN norm)
 #
 # One report per setting under OUT/<name>/report, one residual run directory per setting that
 # changes the residuals (method, layers, gate) under OUT/residuals/<name>: settings that only
@@ -137,15 +137,16 @@ stage stats && for corpus in wiki gen; do
     done
 done
 # The alignment gate (EAMET, the first layer set): threshold 0.25 and 1.0 besides the preset's 0.5.
-# The residual clamp ‖δ‖ ≤ clamp_ks_factor·‖k‖ (the first layer set; not in the default stages):
-# where the W_out output is small against the key (Gemma 3), the presets' 12‖k‖ lets δ swamp it.
+# The residual clamp ‖δ‖ ≤ clamp_ks_factor·‖k‖ (`fix_ks`; the first layer set; not in the default
+# stages). MEMIT's preset clamps by the block output instead (`norm`, 0.75‖h‖), which on Gemma 3
+# (‖h‖ ≈ 2000 against a W_out output of ≈ 3) bounds nothing: this stage switches to `fix_ks`.
 stage clamp && for method in "${METHODS[@]}"; do
     for clamp in ${SWEEP_CLAMPS:-1 3}; do
         tag=$method-$BASE_TAG-clamp$clamp
         for lam in $LAMBDAS; do
             f="$OUT/hparams/$tag-lam$lam.json"
             hp "$f" "hparams/${method^^}/$PRESET.json" "layers=[$BASE_LAYERS]" \
-                "mom2_update_weight=$lam" "clamp_ks_factor=$clamp"
+                "mom2_update_weight=$lam" "clamp_ks_factor=$clamp" 'weight_decay_method="fix_ks"'
             run "$tag-lam$lam" "$method" "$f" "$tag"
         done
     done
