@@ -341,8 +341,14 @@ fn prefixed_prompts_follow_their_scope() {
             a.metrics["strict.specificity"],
             b.metrics["strict.specificity"]
         );
+        // Other metrics agree up to float rounding: the prefixed prompts change the batch
+        // shapes, and a GEMM's blocking (so its summation order) follows its shape.
         for (k, v) in &a.metrics {
-            assert_eq!(b.metrics.get(k), Some(v), "{k}");
+            let w = *b.metrics.get(k).unwrap_or_else(|| panic!("{k} missing"));
+            assert!(
+                (v - w).abs() <= 1e-4 * v.abs().max(w.abs()) + 1e-9,
+                "{k}: {v} vs {w}"
+            );
         }
     }
     // Reports written before the setting existed meant every record.
