@@ -251,7 +251,8 @@ impl EditHparams {
     }
 
     /// Defaults for Gemma 3 270M (18 blocks, d_ff 2048): the SmolLM2 presets of the method with
-    /// one edited layer, [`GEMMA3_270M_LAYER`], and λ = [`GEMMA3_270M_LAMBDA`] for every method,
+    /// one edited layer, [`GEMMA3_270M_LAYER`], and λ = [`GEMMA3_270M_LAMBDA`] (AlphaEdit's null-space
+    /// solve has no λ and keeps its own settings),
     /// from the development-slice sweep of docs/hparams.md. Its MLP output passes a post-FFN
     /// norm before it reaches the residual stream, so MEMIT's spread over several layers does
     /// not apply (the [`Editor`] refuses it).
@@ -349,7 +350,13 @@ impl EditHparams {
         }
     }
 
-    fn check(&self, n_layers: usize) -> Result<(), Error> {
+    /// Checks the values and that the layers exist in a model of `n_layers` layers, but not
+    /// what the model's kind allows (see [`check_model`](Self::check_model), which the
+    /// [`Editor`] applies): for tools that only optimize residuals at the last layer.
+    ///
+    /// # Errors
+    /// [`Error::Input`] or [`Error::Optim`] naming the value that does not fit.
+    pub fn check(&self, n_layers: usize) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Input(format!("hparams: {m}")));
         if self.layers.is_empty() {
             return bad("layers is empty".into());
@@ -420,8 +427,10 @@ pub struct EditOutcome {
     pub misalignment: Vec<f64>,
     /// Σ A(i).
     pub misalignment_total: f64,
-    /// The residuals the solve actually wrote: block-`l_R` output at each bare prompt's
-    /// subject-last token after the edit minus before it (`N × d_model`). The normal equation
+    /// The residuals the solve actually wrote (`N × d_model`): block-`l_R` output at each bare
+    /// prompt's subject-last token after the edit minus before it; on a model that normalizes
+    /// its MLP outputs (one edited layer) `Δ k_i`, the change of the `W_out` output, the space
+    /// the residuals were optimized in. The normal equation
     /// trades the residuals against preserving the corpus keys, so these differ from the
     /// optimized `δ_i`.
     pub written: Array2<f32>,

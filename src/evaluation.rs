@@ -110,6 +110,9 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         &eamet_optim::ContextPrefixes::from_prefixes::<&str>(&[]),
     )
     .map_err(input)?;
+    // Likewise the hyperparameters against the model (depth, one layer on a post-FFN-norm
+    // model): the editor checks them again, but only after the pre-edit evaluation.
+    plan.hparams.check_model(model.config())?;
 
     let mut lens: Vec<usize> = plan.eval.robustness_lens.clone();
     if let Some(n) = plan.eval.prefixed_len {

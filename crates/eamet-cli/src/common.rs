@@ -133,11 +133,48 @@ fn preset_for(config: &ModelConfig, method: Method) -> Option<EditHparams> {
     }
 }
 
+/// The presets for a model they were not measured on: SmolLM2's (a note on stderr says so), on
+/// one layer where the model normalizes its MLP outputs (the last of SmolLM2's, or the model's
+/// last layer if it is shallower), since an edit cannot be spread there.
+fn fallback_preset(config: &ModelConfig, method: Method) -> EditHparams {
+    let mut hp = EditHparams::smollm2(method);
+    let mut what = "the SmolLM2-135M presets are used".to_string();
+    if config.sandwich_norms && hp.layers.len() > 1 {
+        let last = hp.layers.last().copied().unwrap_or(0);
+        let layer = last.min(config.n_layers.saturating_sub(1));
+        hp.layers = vec![layer];
+        what = format!(
+            "the SmolLM2-135M presets are used on one layer, {layer} (this model normalizes its \
+             MLP outputs, so an edit is not spread over layers; --layers picks another)"
+        );
+    }
+    eprintln!(
+        "note: no --hparams given, so {what}; they were measured on that model, not on this one \
+         ({}, {} layers, d_ff {}): see docs/hparams.md for how to choose its values",
+        config.arch_name, config.n_layers, config.d_ff
+    );
+    hp
+}
+
 /// Hyperparameters: a JSON file (reference field names accepted) or the method's preset for the
 /// model's shape (SmolLM2-135M, Gemma 3 270M; any other model gets SmolLM2's with a note on
 /// stderr, since they were not measured on it); `--layers` and `--block` override; checked
 /// against the model (depth, and one layer where MLP outputs are normalized).
 pub fn hparams(
+    method: Method,
+    file: Option<&Path>,
+    layers: Option<Vec<usize>>,
+    block: Option<usize>,
+    config: &ModelConfig,
+) -> Result<EditHparams> {
+    let hp = hparams_any_spread(method, file, layers, block, config)?;
+    hp.check_model(config)?;
+    Ok(hp)
+}
+
+/// As [`hparams`], without refusing several layers on a post-FFN-norm model: for commands that
+/// optimize residuals at the last layer only and never spread an edit (`score`).
+pub fn hparams_any_spread(
     method: Method,
     file: Option<&Path>,
     layers: Option<Vec<usize>>,
@@ -160,15 +197,7 @@ pub fn hparams(
             }
             hp
         }
-        None => preset_for(config, method).unwrap_or_else(|| {
-            eprintln!(
-                "note: no --hparams given, so the SmolLM2-135M presets are used; they were \
-                 measured on that model, not on this one ({}, {} layers, d_ff {}): see \
-                 docs/hparams.md for how to choose its values",
-                config.arch_name, config.n_layers, config.d_ff
-            );
-            EditHparams::smollm2(method)
-        }),
+        None => preset_for(config, method).unwrap_or_else(|| fallback_preset(config, method)),
     };
     if let Some(l) = layers {
         hp.layers = l;
@@ -182,7 +211,7 @@ pub fn hparams(
             n_layers - 1
         );
     }
-    hp.check_model(config)?;
+    hp.check(n_layers)?;
     Ok(hp)
 }
 
@@ -232,4 +261,73 @@ pub fn refuse_existing(path: &Path, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tiny Llama test model's configuration, reshaped.
+    fn config(arch: &str, shape: (usize, usize, usize), sandwich_norms: bool) -> ModelConfig {
+        let text = include_str!("../../eamet-hooks/tests/golden/tiny-llama/config.json");
+        let mut c = ModelConfig::from_hf_json(text).unwrap();
+        c.arch_name = arch.into();
+        (c.n_layers, c.d_model, c.d_ff) = shape;
+        c.sandwich_norms = sandwich_norms;
+        c
+    }
+
+    #[test]
+    fn presets_follow_the_model_shape() {
+        for method in [Method::Memit, Method::Eamet, Method::AlphaEdit] {
+            let smol = config("llama", (30, 576, 1536), false);
+            assert_eq!(
+                preset_for(&smol, method),
+                Some(EditHparams::smollm2(method))
+            );
+            let gemma = config("gemma3", (18, 640, 2048), true);
+            assert_eq!(
+                preset_for(&gemma, method),
+                Some(EditHparams::gemma3_270m(method))
+            );
+            // The same shape under another architecture name, or another size: no preset.
+            assert_eq!(
+                preset_for(&config("qwen2", (30, 576, 1536), false), method),
+                None
+            );
+            assert_eq!(
+                preset_for(&config("gemma3", (26, 1152, 6912), true), method),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn an_unmeasured_post_norm_model_falls_back_to_one_layer() {
+        let last = *EditHparams::smollm2(Method::Memit).layers.last().unwrap();
+        // A bigger Gemma 3: SmolLM2's presets on their last layer, which the model accepts.
+        let big = config("gemma3", (26, 1152, 6912), true);
+        let hp = hparams(Method::Memit, None, None, None, &big).unwrap();
+        assert_eq!(hp.layers, vec![last]);
+        // Shallower than that layer: its own last layer.
+        let shallow = config("gemma3", (3, 1152, 6912), true);
+        let hp = hparams(Method::Eamet, None, None, None, &shallow).unwrap();
+        assert_eq!(hp.layers, vec![2]);
+        // A model without post-FFN norms keeps the spread; an explicit spread on a post-norm
+        // model is refused by `hparams` and allowed by `hparams_any_spread` (score).
+        let llama = config("llama", (26, 1152, 6912), false);
+        assert_eq!(
+            hparams(Method::Memit, None, None, None, &llama)
+                .unwrap()
+                .layers,
+            EditHparams::smollm2(Method::Memit).layers
+        );
+        assert!(hparams(Method::Memit, None, Some(vec![3, 4]), None, &big).is_err());
+        assert_eq!(
+            hparams_any_spread(Method::Memit, None, Some(vec![3, 4]), None, &big)
+                .unwrap()
+                .layers,
+            vec![3, 4]
+        );
+    }
 }

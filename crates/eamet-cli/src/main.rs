@@ -68,7 +68,7 @@ enum Command {
         /// eamet | memit | alphaedit | alphaedit-aligned.
         #[arg(long, default_value = "eamet")]
         method: String,
-        /// Hyperparameters JSON (reference field names accepted); default: SmolLM2 values.
+        /// Hyperparameters JSON (reference field names accepted); default: the presets for the model's shape (SmolLM2-135M, Gemma 3 270M), else SmolLM2's.
         #[arg(long)]
         hparams: Option<PathBuf>,
         /// Edited layers, e.g. 3,4 (overrides the hyperparameters).
@@ -127,7 +127,7 @@ enum Command {
         /// eamet | memit | alphaedit | alphaedit-aligned.
         #[arg(long, default_value = "eamet")]
         method: String,
-        /// Hyperparameters JSON (reference field names accepted); default: SmolLM2 values.
+        /// Hyperparameters JSON (reference field names accepted); default: the presets for the model's shape (SmolLM2-135M, Gemma 3 270M), else SmolLM2's.
         #[arg(long)]
         hparams: Option<PathBuf>,
         /// Edited layers, e.g. 3,4 (overrides the hyperparameters).

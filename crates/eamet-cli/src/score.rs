@@ -1,7 +1,7 @@
 //! `eamet score`: misalignment of MEMIT-style (independently optimized) residuals, without
 //! editing the model.
 
-use crate::common::{hparams, load_model, read_records, resolve_model};
+use crate::common::{hparams_any_spread, load_model, read_records, resolve_model};
 use anyhow::Result;
 use eamet::align::{misalignment, KlDirection, Neighbourhood, ScoreConfig, ZeroVectors};
 use eamet::hooks::EditableLm;
@@ -29,7 +29,8 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     eamet::optim::validate_facts(&facts)?;
     let path = resolve_model(a.model)?;
     let model = load_model(&path, a.load)?;
-    let hp = hparams(method, a.hparams.as_deref(), a.layers, None, model.config())?;
+    // Residuals are optimized at the last layer only: no spread to refuse on a post-norm model.
+    let hp = hparams_any_spread(method, a.hparams.as_deref(), a.layers, None, model.config())?;
     let l_r = *hp
         .layers
         .last()

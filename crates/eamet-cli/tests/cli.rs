@@ -646,6 +646,24 @@ fn score_and_eval_on_small_inputs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // ... and the pre-edit evaluation is the first report's, reused rather than recomputed.
+    let read = |d: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(d).join("report.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let (first, pinned) = (read("report"), read("report-8-pinned"));
+    assert_eq!(pinned["pre"], first["pre"]);
+    assert!(
+        pinned["timings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t[0] == "evaluate (pre): reused"),
+        "{}",
+        pinned["timings"]
+    );
     // Reports side by side.
     let summary = dir.path().join("summary");
     let out = eamet()
