@@ -192,14 +192,19 @@ struct Setting {
 }
 
 /// The committed sweep settings of `method` for `model` (`docs/sweep/<model>`) at `layers` with
-/// the presets' other values (the 256 model-written statistics documents, the method's clamp
+/// that model's presets' other values (the 256 model-written statistics documents, the method's clamp
 /// and, for EAMET, the NLL gate at 0.5).
 fn sweep_settings(model: &str, method: &str, layers: &[usize]) -> Vec<Setting> {
-    let preset = EditHparams::smollm2(if method == "memit" {
+    let m = if method == "memit" {
         Method::Memit
     } else {
         Method::Eamet
-    })
+    };
+    let preset = match model {
+        "smollm2-135m" => EditHparams::smollm2(m),
+        "gemma3-270m" => EditHparams::gemma3_270m(m),
+        other => panic!("no presets for {other}"),
+    }
     .residual;
     let clamp = preset.clamp_ks_factor;
     let clamp_kind = serde_json::to_value(preset.weight_decay_method).unwrap();
