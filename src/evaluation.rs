@@ -54,6 +54,11 @@ pub struct EvalPlan {
     pub seed: u64,
     /// Edit schedule.
     pub schedule: EvalSchedule,
+    /// Under [`EvalSchedule::Batches`], how many of the records edited so far each intermediate
+    /// checkpoint evaluates: a seeded sample of this many (the plan's `seed`), so that a long
+    /// sequential run's checkpoints cost a bounded time; `None` evaluates them all. The final
+    /// evaluation always covers every record.
+    pub checkpoint_sample: Option<usize>,
 }
 
 /// Number of context prefixes of each length (the reference: 10).
@@ -189,8 +194,14 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
     info.n = records.len();
     info.eval_config = plan.eval.clone();
     info.seed = plan.seed;
+    let sampled = match (plan.schedule, plan.checkpoint_sample) {
+        (EvalSchedule::Batches(_), Some(k)) => {
+            format!(" (checkpoints on a seeded sample of at most {k} of the edited records)")
+        }
+        _ => String::new(),
+    };
     info.schedule = format!(
-        "{}; residuals: {}",
+        "{}{sampled}; residuals: {}",
         plan.schedule.describe(),
         describe_residual_schedule(plan.method.schedule(&plan.hparams))
     );
@@ -413,14 +424,9 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
         if n_batches > 1 && b + 1 < n_batches {
             let t = Instant::now();
             let end = ((b + 1) * batch).min(facts.len());
-            let post = evaluate(
-                editor.model(),
-                &records[..end],
-                prefixes,
-                &plan.eval,
-                Some(&pre[..end]),
-            )
-            .map_err(input)?;
+            let (recs, pres) = checkpoint_records(records, pre, end, plan);
+            let post = evaluate(editor.model(), &recs, prefixes, &plan.eval, Some(&pres))
+                .map_err(input)?;
             checkpoints.push(Checkpoint {
                 edits: end,
                 summary: eamet_eval::metrics::summarize(&post),
@@ -451,6 +457,21 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
     Ok((post, (opt, written, nll), checkpoints, timings))
 }
 
+/// The records (and their pre-edit results) an intermediate checkpoint after `end` edits
+/// evaluates: all of `records[..end]`, or the plan's seeded sample of them.
+fn checkpoint_records(
+    records: &[EvalRecord],
+    pre: &[RecordEval],
+    end: usize,
+    plan: &EvalPlan,
+) -> (Vec<EvalRecord>, Vec<RecordEval>) {
+    let idx = eamet_eval::metrics::extra_sample(end, plan.checkpoint_sample, plan.seed);
+    (
+        idx.iter().map(|&i| records[i].clone()).collect(),
+        idx.iter().map(|&i| pre[i].clone()).collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,7 +491,38 @@ mod tests {
             prefix_docs: vec!["Some text.".into()],
             seed: 7,
             schedule: EvalSchedule::AllThenEvaluate,
+            checkpoint_sample: None,
         }
+    }
+
+    /// A checkpoint evaluates the records edited so far, or a seeded sample of them (the same
+    /// for the same seed, a sorted subset of `0..end`, each paired with its own pre-edit
+    /// result).
+    #[test]
+    fn checkpoints_evaluate_the_edited_records_or_a_sample() {
+        let records = load_str("r.jsonl", RECORDS, &LoadOptions::default())
+            .unwrap()
+            .into_edits()
+            .unwrap();
+        let records: Vec<EvalRecord> = (0..20).map(|i| records[i % 2].clone()).collect();
+        let pre = pre(&records);
+        let mut plan = plan();
+        let (r, p) = checkpoint_records(&records, &pre, 12, &plan);
+        assert_eq!((r.len(), p.len()), (12, 12));
+        assert_eq!(p, pre[..12]);
+        plan.checkpoint_sample = Some(5);
+        let (r, p) = checkpoint_records(&records, &pre, 12, &plan);
+        assert_eq!((r.len(), p.len()), (5, 5));
+        let idx = eamet_eval::metrics::extra_sample(12, Some(5), plan.seed);
+        assert!(idx.windows(2).all(|w| w[0] < w[1]) && idx.iter().all(|&i| i < 12));
+        for (k, &i) in idx.iter().enumerate() {
+            assert_eq!(p[k], pre[i]);
+            assert_eq!(r[k], records[i]);
+        }
+        assert_eq!(checkpoint_records(&records, &pre, 12, &plan).1, p);
+        // A sample at least as large as the records edited so far is all of them.
+        plan.checkpoint_sample = Some(50);
+        assert_eq!(checkpoint_records(&records, &pre, 12, &plan).1, pre[..12]);
     }
 
     fn pre(records: &[EvalRecord]) -> Vec<RecordEval> {

@@ -11,15 +11,19 @@
 #                  between methods that optimize them the same way (MEMIT and AlphaEdit; EAMET
 #                  and AlphaEdit-aligned): the CLI refuses one made with other settings.
 #   PRE_FROM=DIR   a report of the same records whose pre-edit evaluation is reused (checked).
+#   TAG=NAME       appended to the run's directory name, for runs of another protocol on the
+#                  same records, e.g. sequential batches:
+#                  TAG=seq100 tools/scale_run.sh alphaedit 1000 "" --batch-size 100 --checkpoint-sample 100
 set -euo pipefail
 cd "$(dirname "$0")/.."
 METHOD=$1
 N=$2
 DATA=${EAMET_DATA_DIR:-../shared/data}
-FILE=${3:-$DATA/counterfact_easyedit_edit.json}
+FILE=${3:-}
+[ -n "$FILE" ] || FILE=$DATA/counterfact_easyedit_edit.json
 shift $(( $# >= 3 ? 3 : $# ))
 STEM=$(basename "$FILE" .json)
-DIR=runs/scale/$STEM-$N-$METHOD
+DIR=runs/scale/$STEM-$N-$METHOD${TAG:+-$TAG}
 EAMET=${EAMET:-target/release/eamet}
 [ -x "$EAMET" ] || cargo build --release -p eamet-cli
 mkdir -p "$DIR"

@@ -28,6 +28,7 @@ pub struct EvalArgs {
     pub prefix_docs: Option<usize>,
     pub report: PathBuf,
     pub batch_size: Option<usize>,
+    pub checkpoint_sample: Option<usize>,
     pub seed: u64,
     pub no_fluency: bool,
     pub no_robustness: bool,
@@ -126,6 +127,12 @@ fn check_args(a: &EvalArgs) -> Result<()> {
     }
     if a.batch_size == Some(0) {
         bail!("--batch-size must be at least 1");
+    }
+    if a.checkpoint_sample.is_some() && a.batch_size.is_none() {
+        bail!("--checkpoint-sample sets how many records each --batch-size checkpoint evaluates: give --batch-size too");
+    }
+    if a.checkpoint_sample == Some(0) {
+        bail!("--checkpoint-sample must be at least 1");
     }
     if a.prefix_docs.is_some() && !a.corpus.is_empty() {
         bail!(
@@ -234,6 +241,7 @@ fn eval_plan(
             Some(k) if k < n_records => EvalSchedule::Batches(k),
             _ => EvalSchedule::AllThenEvaluate,
         },
+        checkpoint_sample: a.checkpoint_sample,
     }
 }
 
@@ -407,6 +415,7 @@ mod tests {
             prefix_docs: Vec::new(),
             seed: 0,
             schedule: EvalSchedule::AllThenEvaluate,
+            checkpoint_sample: None,
         }
     }
 

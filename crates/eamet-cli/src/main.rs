@@ -156,6 +156,11 @@ enum Command {
         /// Edit in batches of this many records, evaluating after each (efficacy vs edits).
         #[arg(long)]
         batch_size: Option<usize>,
+        /// With --batch-size: each intermediate checkpoint evaluates a seeded sample of this
+        /// many of the records edited so far instead of all of them (the final evaluation
+        /// covers every record).
+        #[arg(long)]
+        checkpoint_sample: Option<usize>,
         /// Seed of the context prefixes.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -600,6 +605,7 @@ fn main() -> ExitCode {
             prefix_docs,
             report,
             batch_size,
+            checkpoint_sample,
             seed,
             no_fluency,
             no_robustness,
@@ -625,6 +631,7 @@ fn main() -> ExitCode {
                 prefix_docs: prefix_docs.map(|n| n as usize),
                 report,
                 batch_size,
+                checkpoint_sample,
                 seed,
                 no_fluency,
                 no_robustness,

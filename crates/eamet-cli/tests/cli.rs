@@ -137,6 +137,14 @@ fn bad_input_is_one_clear_line_and_writes_nothing() {
             .arg(d.join("r")),
         "give one or the other",
     );
+    fails_with(
+        eamet()
+            .args(["eval", "--checkpoint-sample", "10", "--dataset"])
+            .arg(fixture("counterfact_rome_3.json"))
+            .arg("--report")
+            .arg(d.join("r")),
+        "give --batch-size too",
+    );
     // A run directory holding an earlier run is not reused without --resume, and --resume
     // needs a run directory.
     let earlier = d.join("earlier-run");
