@@ -201,7 +201,8 @@ fn presets_of_another_model_are_named_on_stderr() {
 /// directory (the parent's name for a directory called `report`) and marks the fronts.
 #[test]
 fn summarize_pareto_labels_settings_by_directory() {
-    let results = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results");
+    let results =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/results/lam100");
     let dir = tempfile::tempdir().unwrap();
     let setting = dir.path().join("eamet-setting");
     std::fs::create_dir(&setting).unwrap();
