@@ -206,8 +206,19 @@ fn sweep_settings(model: &str, method: &str, layers: &[usize]) -> Vec<Setting> {
         other => panic!("no presets for {other}"),
     }
     .residual;
-    let clamp = preset.clamp_ks_factor;
-    let clamp_kind = serde_json::to_value(preset.weight_decay_method).unwrap();
+    let kind = serde_json::to_value(preset.weight_decay_method).unwrap();
+    sweep_settings_clamped(model, method, layers, &kind, preset.clamp_ks_factor)
+}
+
+/// As [`sweep_settings`], at the residual clamp `clamp_kind` (`"norm"`, `"fix_ks"`) with
+/// `clamp_ks_factor` = `clamp`.
+fn sweep_settings_clamped(
+    model: &str,
+    method: &str,
+    layers: &[usize],
+    clamp_kind: &serde_json::Value,
+    clamp: f64,
+) -> Vec<Setting> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("docs/sweep")
         .join(model);
@@ -235,7 +246,7 @@ fn sweep_settings(model: &str, method: &str, layers: &[usize]) -> Vec<Setting> {
             != Some(method)
             || hp["layers"] != serde_json::json!(layers)
             || hp["clamp_ks_factor"].as_f64() != Some(clamp)
-            || hp["weight_decay_method"] != clamp_kind
+            || &hp["weight_decay_method"] != clamp_kind
             || hp["mom2_n_samples"] != 256
             || !stats_default
             || !gate_default
@@ -295,9 +306,12 @@ fn preset_lambda_is_the_sweeps_choice() {
             chosen.name
         );
     }
-    // Gemma 3 270M: the MEMIT settings at its one layer (docs/sweep/gemma3-270m, 100 edits);
-    // its presets use that λ for every method (EAMET's was not swept on this model).
-    let settings = sweep_settings("gemma3-270m", "memit", &[eamet::GEMMA3_270M_LAYER]);
+    // Gemma 3 270M: λ was swept with MEMIT at its one layer under the block-output clamp
+    // (`norm`, docs/sweep/gemma3-270m, 100 edits); its presets use that λ for every method
+    // (EAMET's was not swept on this model).
+    let layer = [eamet::GEMMA3_270M_LAYER];
+    let norm = serde_json::json!("norm");
+    let settings = sweep_settings_clamped("gemma3-270m", "memit", &layer, &norm, 2.0);
     assert!(settings.len() >= 3, "gemma3: {} settings", settings.len());
     let chosen = choose(&settings);
     assert_eq!(
@@ -305,6 +319,25 @@ fn preset_lambda_is_the_sweeps_choice() {
         chosen.lambda,
         "gemma3: the rule picks {}",
         chosen.name
+    );
+    // Then the clamp at that λ: the preset's `fix_ks` clamp dominates the block-output one
+    // (more strict efficacy, less neighbourhood KL), so it is on the front and the other not.
+    let at = |v: Vec<Setting>| {
+        v.into_iter()
+            .find(|s| s.lambda == eamet::GEMMA3_270M_LAMBDA)
+            .expect("a setting at the preset λ")
+    };
+    let clamped = at(sweep_settings("gemma3-270m", "memit", &layer));
+    let unclamped = at(settings);
+    assert!(
+        clamped.efficacy > unclamped.efficacy && clamped.kl < unclamped.kl,
+        "gemma3 clamp: {} ({}, {}) vs {} ({}, {})",
+        clamped.name,
+        clamped.efficacy,
+        clamped.kl,
+        unclamped.name,
+        unclamped.efficacy,
+        unclamped.kl
     );
     // The rule on a hand-made front: (λ, efficacy, generalization, KL).
     let s = |lambda, efficacy, generalization, kl| Setting {
