@@ -22,6 +22,9 @@ case $cmd in
         while IFS= read -r -d '' pj; do
             dir=$(dirname "$pj")
             rel=${dir#runs/}
+            # The sweep's residual directories (OUT/residuals/<setting>) are carried by
+            # docs/sweep/<model>/residuals instead (tools/sweep_hparams.sh).
+            [ "$(basename "$(dirname "$dir")")" = residuals ] && continue
             report=$(dirname "$dir")/report/report.json
             if [ -f "$report" ]; then
                 [ -d "parked/$rel" ] && rm -rf "parked/$rel" && echo "unparked $rel (finished)"
