@@ -449,7 +449,8 @@ pub struct EditOutcome {
     pub written_misalignment: Vec<f64>,
     /// Σ A(i) of the written residuals.
     pub written_misalignment_total: f64,
-    /// Per layer: solver name, condition estimate and relative residual of the solve.
+    /// Per layer, `layer L: ` and the solve's diagnostics line (`eamet_solve::Diagnostics`'s
+    /// `Display`: solver, factorization, condition estimate, relative residual, null space).
     pub solves: Vec<String>,
     /// Seconds per phase.
     pub timings: Vec<(String, f64)>,
@@ -840,7 +841,7 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
                 r.mapv(f64::from).view(),
                 &stats[idx],
             )?;
-            solves.push(format!("layer {layer}: {:?}", update.diagnostics));
+            solves.push(format!("layer {layer}: {}", update.diagnostics));
             let delta = update.delta.mapv(|x| x as f32);
             self.model.apply_delta(layer, &to_tensor(&delta))?;
             deltas.push((layer, delta));

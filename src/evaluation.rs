@@ -187,7 +187,7 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
 
     let result = edit_and_evaluate(model, records, &facts, plan, &prefixes, &pre, &reference);
     model.restore();
-    let (post, outcome_parts, checkpoints, edit_timings) = result?;
+    let (post, outcome_parts, checkpoints, edit_timings, solves) = result?;
     timings.extend(edit_timings);
 
     info.method = method_name(plan.method).into();
@@ -226,6 +226,7 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         per_fact_written: written,
     });
     report.residual_nll = nll;
+    report.solves = solves;
     Ok(report)
 }
 
@@ -371,6 +372,7 @@ type Parts = (
     (Vec<f64>, Vec<f64>, Vec<f64>),
     Vec<Checkpoint>,
     Vec<(String, f64)>,
+    Vec<String>,
 );
 
 fn edit_and_evaluate<M: EditableLm + ?Sized>(
@@ -392,6 +394,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
     let mut timings: Vec<(String, f64)> = Vec::new();
     let (mut opt, mut written, mut nll) = (Vec::new(), Vec::new(), Vec::new());
     let mut checkpoints = Vec::new();
+    let mut solves = Vec::new();
     let n_batches = facts.len().div_ceil(batch);
     // One editor for all batches: its solvers carry what they learn (AlphaEdit's K_p).
     let mut editor = Editor::new(
@@ -418,6 +421,13 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
                 None => timings.push((format!("edit: {name}"), *s)),
             }
         }
+        solves.extend(out.solves.iter().map(|d| {
+            if n_batches > 1 {
+                format!("batch {b}: {d}")
+            } else {
+                d.clone()
+            }
+        }));
         opt.extend(out.misalignment.iter().copied());
         written.extend(out.written_misalignment.iter().copied());
         nll.extend(out.residuals.stats.iter().map(|s| s.final_nll));
@@ -454,7 +464,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
             summary: eamet_eval::metrics::summarize(&post),
         });
     }
-    Ok((post, (opt, written, nll), checkpoints, timings))
+    Ok((post, (opt, written, nll), checkpoints, timings, solves))
 }
 
 /// The records (and their pre-edit results) an intermediate checkpoint after `end` edits

@@ -24,7 +24,9 @@
 # SWEEP_PRE (a finished report of this sweep whose pre-edit evaluation the first new setting
 # reuses; default: the first finished report the sweep meets),
 # SWEEP_STAGES ("layers stats gate": λ × layer sets, 4096-document key statistics, the gate;
-# "clamp" also: the `fix_ks` clamp factors SWEEP_CLAMPS, default "1 3", at the first layer set).
+# "clamp" also: the `fix_ks` clamp factors SWEEP_CLAMPS, default "1 3", at the first layer set;
+# "nullspace" also: AlphaEdit's threshold SWEEP_THRESHOLDS ("0.005 0.02 0.08") × ridge SWEEP_L2S
+# ("1 10") on the MEMIT residuals of the first layer set).
 # Across machines: copy the committed residual run directories (docs/sweep/<model>/residuals,
 # tools/compact_report.py does not make them) into OUT/residuals first, and they resume.
 set -euo pipefail
@@ -149,6 +151,20 @@ stage clamp && for method in "${METHODS[@]}"; do
                 "mom2_update_weight=$lam" "clamp_ks_factor=$clamp" 'weight_decay_method="fix_ks"'
             run "$tag-lam$lam" "$method" "$f" "$tag"
         done
+    done
+done
+# AlphaEdit's null-space solve (not in the default stages): the eigenvalue threshold of its
+# projector (an absolute bound on the eigenvalues of E[k kᵀ], so its meaning depends on the
+# model's key scale) and its ridge L2, on the MEMIT residuals of the first layer set (AlphaEdit
+# optimizes residuals exactly as MEMIT does). Each report lists the projector's null-space
+# dimension under "Solves".
+stage nullspace && for l2 in ${SWEEP_L2S:-1 10}; do
+    for thr in ${SWEEP_THRESHOLDS:-0.005 0.02 0.08}; do
+        tag=alphaedit-$BASE_TAG-null$thr-l2$l2
+        f="$OUT/hparams/$tag.json"
+        hp "$f" "hparams/ALPHAEDIT/$PRESET.json" "layers=[$BASE_LAYERS]" \
+            "nullspace_threshold=$thr" "L2=$l2"
+        run "$tag" alphaedit "$f" "memit-$BASE_TAG"
     done
 done
 stage gate && for gate in 0.25 1.0; do

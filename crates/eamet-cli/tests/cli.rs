@@ -555,6 +555,25 @@ fn score_and_eval_on_small_inputs() {
     );
     assert_eq!(cps[1]["summary"]["strict.efficacy"][1], 2);
     assert!(report.join("efficacy_vs_edits.svg").exists());
+    // The solver's diagnostics, one line per batch and edited layer.
+    let layers = rep["info"]["hparams"]["layers"].as_array().unwrap().len();
+    let solves: Vec<&str> = rep["solves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(solves.len(), 2 * layers, "{solves:?}");
+    assert!(
+        solves[0].starts_with("batch 0: layer ") && solves[layers].starts_with("batch 1: layer "),
+        "{solves:?}"
+    );
+    assert!(
+        solves
+            .iter()
+            .all(|l| l.contains(": memit (") && l.contains("relative residual")),
+        "{solves:?}"
+    );
     assert!(rep["info"]["schedule"]
         .as_str()
         .unwrap()

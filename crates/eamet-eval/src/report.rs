@@ -119,6 +119,11 @@ pub struct Report {
     /// ran on a sample ([`EvalConfig::extra_sample`]); `None`: every record.
     #[serde(default)]
     pub extra_records: Option<Vec<usize>>,
+    /// The solver's diagnostics, one line per edited layer (and per batch of a batched
+    /// schedule): condition estimate, relative residual of the solved system, AlphaEdit's
+    /// null-space dimension, warnings. Empty in reports written before it existed.
+    #[serde(default)]
+    pub solves: Vec<String>,
     /// Per record: pre and post results with every prompt's raw generation.
     pub records: Vec<(RecordEval, RecordEval)>,
 }
@@ -142,6 +147,7 @@ impl Report {
             residual_nll: Vec::new(),
             checkpoints: Vec::new(),
             extra_records: None,
+            solves: Vec::new(),
         }
     }
 
@@ -251,6 +257,12 @@ impl Report {
                     g("strict.generalization"),
                     g("strict.specificity")
                 ));
+            }
+        }
+        if !self.solves.is_empty() {
+            s.push_str("\nSolves:\n\n");
+            for line in &self.solves {
+                s.push_str(&format!("- `{line}`\n"));
             }
         }
         if !self.timings.is_empty() {

@@ -199,6 +199,21 @@ fn same_model_gives_zero_and_an_edit_matches_an_independent_computation() {
             .unwrap();
     assert_eq!(back.drift, report.drift);
 
+    // Solver diagnostics: listed in the markdown when present, kept through JSON, and absent
+    // from reports written before they existed (serde default).
+    assert!(!md.contains("Solves:"), "{md}");
+    let mut solved = report.clone();
+    solved.solves = vec!["layer 3: alphaedit (LU): condition ≈ 1.00e3, null space 7".into()];
+    assert!(solved
+        .to_markdown()
+        .contains("Solves:\n\n- `layer 3: alphaedit (LU): condition ≈ 1.00e3, null space 7`\n"));
+    let mut json = serde_json::to_value(&solved).unwrap();
+    let again: Report = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(again.solves, solved.solves);
+    json.as_object_mut().unwrap().remove("solves");
+    let old: Report = serde_json::from_value(json).unwrap();
+    assert!(old.solves.is_empty());
+
     // A NaN anywhere is a typed error naming the metric and the record; nothing is written.
     let mut broken = report.clone();
     broken.records[1]

@@ -55,6 +55,11 @@ fn update_annihilates_the_preserved_subspace() {
     let up = solver.solve(k.view(), r.view(), &stats).unwrap();
     assert_eq!(up.diagnostics.factorization, Factorization::Lu);
     assert_eq!(up.diagnostics.null_space_dim, Some(null));
+    let line = up.diagnostics.to_string();
+    assert!(
+        line.starts_with("alphaedit (LU): condition ≈ ") && line.ends_with(", null space 6"),
+        "{line}"
+    );
     let kept = q.slice(s![.., ..d - null]); // preserved directions (large eigenvalues)
     let leak = up.delta.dot(&kept);
     assert!(fro(&up.delta) > 1e-3);
@@ -210,6 +215,11 @@ fn degenerate_projectors_and_parameters() {
     assert_eq!(fro(&up.delta), 0.0);
     assert_eq!(up.diagnostics.null_space_dim, Some(0));
     assert_eq!(up.diagnostics.warnings.len(), 1);
+    let line = up.diagnostics.to_string();
+    assert!(
+        line.contains("null space 0; warnings: ") && line.contains(&up.diagnostics.warnings[0]),
+        "{line}"
+    );
     // α = 0 with P ≠ I: singular
     let (some, _) = spectrum_stats(&mut rng, 5, 2);
     let err = AlphaEditSolver::new(THRESHOLD, 0.0)

@@ -190,6 +190,13 @@ fn large_key_dimension_uses_probe_residual() {
         ResidualCheck::Probes { count: 8 }
     );
     assert!(up.diagnostics.relative_residual < 1e-10);
+    let line = up.diagnostics.to_string();
+    assert!(
+        line.starts_with("memit (Cholesky): condition ≈ ")
+            && line.contains(" (8 probes)")
+            && !line.contains("null space"),
+        "{line}"
+    );
     assert!(normal_equation_residual(&up.delta, lambda, &stats, &k, &r) < 1e-10);
 }
 
