@@ -25,7 +25,7 @@
 # reuses; default: the first finished report the sweep meets),
 # SWEEP_STAGES ("layers stats gate": λ × layer sets, 4096-document key statistics, the gate;
 # "clamp" also: the `fix_ks` clamp factors SWEEP_CLAMPS, default "1 3", at the first layer set;
-# "nullspace" also: AlphaEdit's threshold SWEEP_THRESHOLDS ("0.005 0.02 0.08") × ridge SWEEP_L2S
+# "nullspace" also: AlphaEdit's threshold SWEEP_THRESHOLDS ("0.0002 0.002 0.02") × ridge SWEEP_L2S
 # ("1 10") on the MEMIT residuals of the first layer set).
 # Across machines: copy the committed residual run directories (docs/sweep/<model>/residuals,
 # tools/compact_report.py does not make them) into OUT/residuals first, and they resume.
@@ -159,7 +159,7 @@ done
 # optimizes residuals exactly as MEMIT does). Each report lists the projector's null-space
 # dimension under "Solves".
 stage nullspace && for l2 in ${SWEEP_L2S:-1 10}; do
-    for thr in ${SWEEP_THRESHOLDS:-0.005 0.02 0.08}; do
+    for thr in ${SWEEP_THRESHOLDS:-0.0002 0.002 0.02}; do
         tag=alphaedit-$BASE_TAG-null$thr-l2$l2
         f="$OUT/hparams/$tag.json"
         hp "$f" "hparams/ALPHAEDIT/$PRESET.json" "layers=[$BASE_LAYERS]" \
