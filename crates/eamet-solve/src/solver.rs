@@ -321,3 +321,30 @@ pub(crate) fn matmul(
     linalg::gemm(1.0, a, ta, b, tb, 0.0, &mut c)?;
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagnostics_line_names_what_was_measured_and_leaves_out_the_rest() {
+        // Nothing measured (a custom solver): the name and factorization only.
+        let d = Diagnostics::new("custom", Factorization::None);
+        assert_eq!(d.to_string(), "custom (no factorization)");
+        // The eigen fallback with everything measured, and a warning.
+        let mut d = Diagnostics::new("memit", Factorization::SymmetricEigen { dropped: 3 });
+        d.condition_estimate = f64::INFINITY;
+        d.relative_residual = 2.5e-9;
+        d.residual_check = ResidualCheck::Exact;
+        d.warnings.push("Cholesky failed".into());
+        assert_eq!(
+            d.to_string(),
+            "memit (eigen pseudo-inverse, 3 directions dropped): condition ≈ inf, \
+             relative residual 2.50e-9 (exact); warnings: Cholesky failed"
+        );
+        // A null-space dimension without a condition estimate.
+        let mut d = Diagnostics::new("alphaedit", Factorization::Lu);
+        d.null_space_dim = Some(0);
+        assert_eq!(d.to_string(), "alphaedit (LU): null space 0");
+    }
+}
