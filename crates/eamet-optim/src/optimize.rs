@@ -520,15 +520,20 @@ fn open_store<M: EditableLm + ?Sized>(
     schedule: Schedule,
     objective: &Objective,
 ) -> Result<RunDir> {
-    let facts_json = serde_json::to_vec(facts).map_err(|e| OptimError::Format {
-        path: dir.into(),
-        detail: e.to_string(),
-    })?;
-    let key_bytes: Vec<u8> = keys_at_lr
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .chain((keys_at_lr.ncols() as u64).to_le_bytes())
-        .collect();
+    let hashes = |n: usize| -> Result<(String, String)> {
+        let facts_json = serde_json::to_vec(&facts[..n]).map_err(|e| OptimError::Format {
+            path: dir.into(),
+            detail: e.to_string(),
+        })?;
+        let rows = keys_at_lr.slice(ndarray::s![..n, ..]);
+        let key_bytes: Vec<u8> = rows
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .chain((rows.ncols() as u64).to_le_bytes())
+            .collect();
+        Ok((sha256_hex(&facts_json), sha256_hex(&key_bytes)))
+    };
+    let (facts_sha256, keys_sha256) = hashes(facts.len())?;
     let mut config = serde_json::json!({
         "layer": layer,
         "schedule": schedule.normalized(),
@@ -547,13 +552,13 @@ fn open_store<M: EditableLm + ?Sized>(
     }
     let manifest = Manifest::new(
         model.base_sha256()?,
-        sha256_hex(&facts_json),
-        sha256_hex(&key_bytes),
+        facts_sha256,
+        keys_sha256,
         config,
         facts.len(),
         model.config().d_model,
     );
-    RunDir::open(dir, &manifest)
+    RunDir::open(dir, &manifest, &hashes)
 }
 
 /// The state of one call of [`optimize_residuals`].

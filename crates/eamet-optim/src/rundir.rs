@@ -4,8 +4,17 @@
 //! Layout under `<run_dir>/residuals/`:
 //! - `manifest.json`: format, model sha256, sha256 of the prepared facts, of the keys at `l_R`,
 //!   and of the configuration (layer, schedule, hyperparameters, objective terms);
+//!   `grown_from` lists the fact counts the run had before it was extended (see below);
 //! - `fact-00000012.bin`: magic `EAMETRS1`, `u64` fact index, `u64` d_model, `δ` and `h` as
 //!   little-endian `f32`, `u64` length + JSON of the [`FactStats`](crate::FactStats).
+//!
+//! **Growing a run.** Fact `i`'s residual depends only on facts `0..=i` (and, for blocked
+//! schedules, on the facts of its own block): MEMIT's facts are independent, EAMET's are aligned
+//! against earlier ones only. So a run directory made for `n` facts serves a call with more facts
+//! whose first `n` prepared facts and key rows hash to the recorded values, everything else
+//! equal: the manifest is rewritten for the longer list and the `n` saved facts are reused (a
+//! trailing partial block is optimized again whole, as on any resume). A shorter or a different
+//! list is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +50,9 @@ pub(crate) struct Manifest {
     pub d_model: usize,
     /// The configuration in clear, for people.
     pub config: serde_json::Value,
+    /// The fact counts this run had before it was grown, oldest first (empty: never grown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grown_from: Vec<usize>,
 }
 
 impl Manifest {
@@ -61,8 +73,21 @@ impl Manifest {
             n_facts,
             d_model,
             config,
+            grown_from: Vec::new(),
         }
     }
+}
+
+/// The hashes of the first `n` prepared facts and of their key rows, as
+/// [`Manifest::facts_sha256`] and [`Manifest::keys_sha256`] record them for a run of `n` facts.
+pub(crate) type PrefixHashes<'a> = &'a dyn Fn(usize) -> Result<(String, String)>;
+
+fn write_manifest(path: &Path, manifest: &Manifest) -> Result<()> {
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| OptimError::Format {
+        path: path.into(),
+        detail: e.to_string(),
+    })?;
+    write_atomic(path, text.as_bytes())
 }
 
 /// The residual store of one run.
@@ -80,49 +105,87 @@ pub(crate) struct StoredFact {
 }
 
 impl RunDir {
-    /// Opens (creating) `<run_dir>/residuals`, writes the manifest or checks it.
-    pub fn open(run_dir: &Path, manifest: &Manifest) -> Result<Self> {
+    /// Opens (creating) `<run_dir>/residuals`, writes the manifest or checks it. A run recorded
+    /// for fewer facts is grown when `prefix(recorded n)` matches what it recorded (module docs).
+    pub fn open(run_dir: &Path, manifest: &Manifest, prefix: PrefixHashes<'_>) -> Result<Self> {
         let dir = run_dir.join("residuals");
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join("manifest.json");
-        if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-            let old: Manifest = serde_json::from_str(&text).map_err(|e| OptimError::Format {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            let checks: [(&'static str, &str, &str); 6] = [
-                ("format", &old.format, &manifest.format),
-                ("model", &old.model_sha256, &manifest.model_sha256),
-                ("fact list", &old.facts_sha256, &manifest.facts_sha256),
-                ("key set", &old.keys_sha256, &manifest.keys_sha256),
-                (
-                    "configuration (layer, schedule, hyperparameters, terms)",
-                    &old.config_sha256,
-                    &manifest.config_sha256,
-                ),
-                (
-                    "model width",
-                    &old.d_model.to_string(),
-                    &manifest.d_model.to_string(),
-                ),
-            ];
-            for (what, recorded, now) in checks {
-                if recorded != now {
-                    return Err(OptimError::RunMismatch {
-                        path: dir,
-                        what,
-                        recorded: recorded.into(),
-                        now: now.into(),
-                    });
-                }
+        if !path.exists() {
+            write_manifest(&path, manifest)?;
+            return Ok(RunDir { dir });
+        }
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let old: Manifest = serde_json::from_str(&text).map_err(|e| OptimError::Format {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let mismatch = |what: &'static str, recorded: &str, now: &str| OptimError::RunMismatch {
+            path: dir.clone(),
+            what,
+            recorded: recorded.into(),
+            now: now.into(),
+        };
+        let checks: [(&'static str, &str, &str); 4] = [
+            ("format", &old.format, &manifest.format),
+            ("model", &old.model_sha256, &manifest.model_sha256),
+            (
+                "configuration (layer, schedule, hyperparameters, terms)",
+                &old.config_sha256,
+                &manifest.config_sha256,
+            ),
+            (
+                "model width",
+                &old.d_model.to_string(),
+                &manifest.d_model.to_string(),
+            ),
+        ];
+        for (what, recorded, now) in checks {
+            if recorded != now {
+                return Err(mismatch(what, recorded, now));
             }
+        }
+        let grows = old.n_facts < manifest.n_facts;
+        // What this call's first `old.n_facts` facts hash to (all of them unless it grows).
+        let (facts_now, keys_now) = if grows {
+            prefix(old.n_facts)?
         } else {
-            let text = serde_json::to_string_pretty(manifest).map_err(|e| OptimError::Format {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            write_atomic(&path, text.as_bytes())?;
+            (manifest.facts_sha256.clone(), manifest.keys_sha256.clone())
+        };
+        let of_first = |h: &str| {
+            if grows {
+                format!(
+                    "{h} (the first {} of {} facts)",
+                    old.n_facts, manifest.n_facts
+                )
+            } else {
+                h.to_string()
+            }
+        };
+        if old.facts_sha256 != facts_now {
+            return Err(mismatch(
+                "fact list",
+                &old.facts_sha256,
+                &of_first(&facts_now),
+            ));
+        }
+        if old.keys_sha256 != keys_now {
+            return Err(mismatch("key set", &old.keys_sha256, &of_first(&keys_now)));
+        }
+        if old.n_facts != manifest.n_facts {
+            // Equal hashes with another count cannot happen for a shorter call (its list hashes
+            // differently); checked anyway so the manifest always tells the truth.
+            if !grows {
+                return Err(mismatch(
+                    "fact count",
+                    &old.n_facts.to_string(),
+                    &manifest.n_facts.to_string(),
+                ));
+            }
+            let mut grown = manifest.clone();
+            grown.grown_from = old.grown_from.clone();
+            grown.grown_from.push(old.n_facts);
+            write_manifest(&path, &grown)?;
         }
         Ok(RunDir { dir })
     }
