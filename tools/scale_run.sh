@@ -11,6 +11,10 @@
 #                  between methods that optimize them the same way (MEMIT and AlphaEdit; EAMET
 #                  and AlphaEdit-aligned): the CLI refuses one made with other settings.
 #   PRE_FROM=DIR   a report of the same records whose pre-edit evaluation is reused (checked).
+#   GROW_FROM=DIR  a residual run directory of the same method on the first records (a smaller
+#                  N), copied in before the run starts when the run has none of its own yet: the
+#                  run grows it (its residuals are reused; the CLI checks that they are the first
+#                  records'), so N = 3000 pays only for records 1000..2999. DIR is not changed.
 #   TAG=NAME       appended to the run's directory name, for runs of another protocol on the
 #                  same records, e.g. sequential batches:
 #                  TAG=seq100 tools/scale_run.sh alphaedit 1000 "" --batch-size 100 --checkpoint-sample 100
@@ -32,6 +36,14 @@ if [ -f "$DIR/report/report.json" ]; then
     exit 0
 fi
 rm -rf "$DIR/report"
+if [ -n "${GROW_FROM:-}" ]; then
+    RES=${RESIDUALS:-$DIR/residuals}
+    [ -f "$GROW_FROM/residuals/manifest.json" ] || { echo "GROW_FROM=$GROW_FROM holds no residuals/manifest.json"; exit 2; }
+    if [ ! -e "$RES/residuals/manifest.json" ]; then
+        mkdir -p "$RES"
+        cp -r "$GROW_FROM/." "$RES/"
+    fi
+fi
 PRE=()
 [ -n "${PRE_FROM:-}" ] && PRE=(--pre-from "$PRE_FROM")
 exec "$EAMET" eval --dataset "$FILE" --n "$N" --method "$METHOD" --no-robustness \
