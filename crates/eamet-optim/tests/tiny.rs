@@ -1132,39 +1132,47 @@ fn early_stop_on_the_nll_stops_a_fact_where_its_fit_crosses_the_threshold() {
     }
 }
 
+/// The first `n` facts (and their keys) optimized with `dir` as the run directory.
+fn in_dir(
+    m: &LlamaModel,
+    (prepared, keys): (&[PreparedFact], &Array2<f32>),
+    n: usize,
+    schedule: Schedule,
+    dir: &std::path::Path,
+) -> Result<Residuals, OptimError> {
+    optimize_residuals(
+        m,
+        &prepared[..n],
+        keys.slice(ndarray::s![..n, ..]),
+        1,
+        &hp(5),
+        schedule,
+        &RunOptions {
+            run_dir: Some(dir),
+            ..Default::default()
+        },
+    )
+}
+
 /// A run directory made for the first facts of a list serves the whole list: the saved facts
 /// are reused and the rest optimized, with the residuals of a run that never stopped. A list
-/// whose first facts differ is refused, and the manifest records the growth.
+/// whose first facts or keys differ is refused, and the manifest records the growth.
 #[test]
 fn a_run_directory_grows_with_its_fact_list() {
     let m = tiny();
     let (prepared, keys) = setup(&m);
-    let h = hp(5);
+    let all = prepared.len();
     for (schedule, first, reused) in [
         (Schedule::Sequential, 2, 2),
         // Facts 0..3 were blocks [0, 1] and [2]: the partial block is optimized again whole.
         (Schedule::Blocked { block: 2 }, 3, 2),
         (Schedule::Independent, 3, 3),
     ] {
-        let full = run_schedule(&m, &prepared, &keys, &h, schedule);
+        let full = run_schedule(&m, &prepared, &keys, &hp(5), schedule);
         let dir = tempfile::tempdir().unwrap();
-        let run = |n: usize| {
-            optimize_residuals(
-                &m,
-                &prepared[..n],
-                keys.slice(ndarray::s![..n, ..]),
-                1,
-                &h,
-                schedule,
-                &RunOptions {
-                    run_dir: Some(dir.path()),
-                    ..Default::default()
-                },
-            )
-        };
-        let part = run(first).unwrap();
-        assert_eq!(part.resumed, 0);
-        let grown = run(prepared.len()).unwrap();
+        let run = |n| in_dir(&m, (&prepared, &keys), n, schedule, dir.path());
+        assert_eq!(run(first).unwrap().resumed, 0);
+        let grown = run(all).unwrap();
         assert_eq!(grown.resumed, reused, "{schedule:?}");
         assert_eq!(grown.deltas, full.deltas, "{schedule:?}");
         assert_eq!(grown.h, full.h, "{schedule:?}");
@@ -1173,7 +1181,7 @@ fn a_run_directory_grows_with_its_fact_list() {
             &std::fs::read_to_string(dir.path().join("residuals/manifest.json")).unwrap(),
         )
         .unwrap();
-        assert_eq!(manifest["n_facts"], prepared.len());
+        assert_eq!(manifest["n_facts"], all);
         assert_eq!(manifest["grown_from"], serde_json::json!([first]));
         // Now a run of every fact: a shorter list is another run.
         let e = run(first).unwrap_err();
@@ -1189,13 +1197,10 @@ fn a_run_directory_grows_with_its_fact_list() {
         );
     }
 
-    // A longer list whose first facts are not the recorded ones: refused, nothing rewritten.
-    let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        run_dir: Some(dir.path()),
-        ..Default::default()
-    };
-    let swapped: Vec<PreparedFact> = [1, 0, 2, 3]
+    // A longer list whose first facts are not the recorded ones, or the same first facts
+    // recorded with other keys (another key layer, say): refused, nothing rewritten.
+    let order = [1, 0, 2, 3];
+    let swapped: Vec<PreparedFact> = order
         .iter()
         .enumerate()
         .map(|(pos, &i)| PreparedFact {
@@ -1203,77 +1208,37 @@ fn a_run_directory_grows_with_its_fact_list() {
             ..prepared[i].clone()
         })
         .collect();
-    let swapped_keys = ndarray::stack(
-        ndarray::Axis(0),
-        &[keys.row(1), keys.row(0), keys.row(2), keys.row(3)],
-    )
-    .unwrap();
-    optimize_residuals(
-        &m,
-        &swapped[..2],
-        swapped_keys.slice(ndarray::s![..2, ..]),
-        1,
-        &h,
-        Schedule::Independent,
-        &opts,
-    )
-    .unwrap();
-    let manifest = std::fs::read(dir.path().join("residuals/manifest.json")).unwrap();
-    let e = optimize_residuals(
-        &m,
-        &prepared,
-        keys.view(),
-        1,
-        &h,
-        Schedule::Independent,
-        &opts,
-    )
-    .unwrap_err();
-    let OptimError::RunMismatch { what, now, .. } = &e else {
-        panic!("{e}")
-    };
-    assert_eq!(*what, "fact list");
-    assert!(now.contains("the first 2 of 4 facts"), "{now}");
-    assert_eq!(
-        std::fs::read(dir.path().join("residuals/manifest.json")).unwrap(),
-        manifest
-    );
-    // The same first facts recorded with other keys (another key layer, say): refused too.
-    let dir = tempfile::tempdir().unwrap();
-    let opts = RunOptions {
-        run_dir: Some(dir.path()),
-        ..Default::default()
-    };
     let mut other_keys = keys.clone();
     other_keys[[0, 0]] += 1.0;
-    optimize_residuals(
-        &m,
-        &prepared[..2],
-        other_keys.slice(ndarray::s![..2, ..]),
-        1,
-        &h,
-        Schedule::Independent,
-        &opts,
-    )
-    .unwrap();
-    let e = optimize_residuals(
-        &m,
-        &prepared,
-        keys.view(),
-        1,
-        &h,
-        Schedule::Independent,
-        &opts,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            OptimError::RunMismatch {
-                what: "key set",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let recorded = [
+        (&swapped, keys.select(ndarray::Axis(0), &order), "fact list"),
+        (&prepared, other_keys, "key set"),
+    ];
+    for (facts, facts_keys, differs) in recorded {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("residuals/manifest.json");
+        in_dir(
+            &m,
+            (facts, &facts_keys),
+            2,
+            Schedule::Independent,
+            dir.path(),
+        )
+        .unwrap();
+        let before = std::fs::read(&manifest).unwrap();
+        let e = in_dir(
+            &m,
+            (&prepared, &keys),
+            all,
+            Schedule::Independent,
+            dir.path(),
+        )
+        .unwrap_err();
+        let OptimError::RunMismatch { what, now, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(*what, differs);
+        assert!(now.contains("the first 2 of 4 facts"), "{now}");
+        assert_eq!(std::fs::read(&manifest).unwrap(), before);
+    }
 }
