@@ -4,6 +4,7 @@
 use crate::stats::{generated_corpus, load_or_collect, Corpus, StatsConfig};
 use crate::Error;
 use eamet_align::{misalignment, KlDirection, Neighbourhood, ScoreConfig, ZeroVectors};
+use eamet_eval::report::WrittenFit;
 use eamet_hooks::tch::{Device, Kind, Tensor};
 use eamet_hooks::{Batch, Capture, EditableLm, Padding, Plan, Site};
 use eamet_optim::{
@@ -12,7 +13,7 @@ use eamet_optim::{
     Residuals, RunOptions, Schedule,
 };
 use eamet_solve::{AlphaEditSolver, MemitSolver, UpdateSolver};
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -458,6 +459,55 @@ pub struct EditOutcome {
     pub stats_cached: Vec<bool>,
 }
 
+impl EditOutcome {
+    /// How much of each optimized residual the solve wrote ([`written_fit`] of
+    /// [`written`](Self::written) against the optimized `δ_i`), per fact.
+    ///
+    /// # Errors
+    /// None for an outcome of [`Editor::edit`]; see [`written_fit`].
+    pub fn written_fit(&self) -> Result<Vec<WrittenFit>, Error> {
+        written_fit(self.written.view(), self.residuals.deltas.view())
+    }
+}
+
+/// [`WrittenFit`] per row of `written` and `deltas` (one fact per row, same shapes), accumulated
+/// in `f64`.
+///
+/// # Errors
+/// [`Error::Input`] when the shapes differ.
+pub fn written_fit(
+    written: ArrayView2<'_, f32>,
+    deltas: ArrayView2<'_, f32>,
+) -> Result<Vec<WrittenFit>, Error> {
+    if written.dim() != deltas.dim() {
+        return Err(Error::Input(format!(
+            "written_fit: written is {:?} but the residuals are {:?} (one row per fact)",
+            written.dim(),
+            deltas.dim()
+        )));
+    }
+    Ok(written
+        .rows()
+        .into_iter()
+        .zip(deltas.rows())
+        .map(|(w, d)| {
+            let (mut wd, mut dd, mut ww) = (0.0_f64, 0.0_f64, 0.0_f64);
+            for (&a, &b) in w.iter().zip(d.iter()) {
+                let (a, b) = (f64::from(a), f64::from(b));
+                wd += a * b;
+                dd += b * b;
+                ww += a * a;
+            }
+            let ratio = |num: f64, den: f64| if den > 0.0 { num / den } else { 0.0 };
+            WrittenFit {
+                norm: dd.sqrt(),
+                share: ratio(wd, dd),
+                cosine: ratio(wd, (ww * dd).sqrt()),
+            }
+        })
+        .collect())
+}
+
 /// Edits a model in place. An edit composes three parts, each replaceable:
 /// - a residual [`Schedule`] (independent, batched, sequential or blocked);
 /// - an [`Objective`]: the loss terms of each fact's residual optimization (add any
@@ -853,5 +903,43 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
             }
         }
         Ok((deltas, solves))
+    }
+}
+
+#[cfg(test)]
+mod written_fit_tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn share_and_cosine_of_hand_made_rows() {
+        let deltas = array![[3.0_f32, 4.0], [1.0, 0.0], [2.0, 0.0], [0.0, 0.0]];
+        // Half of δ; orthogonal to δ; δ plus an orthogonal part; anything against δ = 0.
+        let written = array![[1.5_f32, 2.0], [0.0, 5.0], [2.0, 2.0], [1.0, 1.0]];
+        let fit = written_fit(written.view(), deltas.view()).unwrap();
+        let expect = [
+            (5.0, 0.5, 1.0),
+            (1.0, 0.0, 0.0),
+            (2.0, 1.0, std::f64::consts::FRAC_1_SQRT_2),
+            (0.0, 0.0, 0.0),
+        ];
+        for (f, (norm, share, cosine)) in fit.iter().zip(expect) {
+            assert!((f.norm - norm).abs() < 1e-12, "{f:?}");
+            assert!((f.share - share).abs() < 1e-12, "{f:?}");
+            assert!((f.cosine - cosine).abs() < 1e-12, "{f:?}");
+        }
+        // Nothing written: share and cosine 0; written exactly: both 1.
+        let none = written_fit(
+            Array2::zeros((1, 2)).view(),
+            deltas.slice(ndarray::s![..1, ..]),
+        )
+        .unwrap();
+        assert_eq!((none[0].share, none[0].cosine), (0.0, 0.0));
+        let all = written_fit(deltas.view(), deltas.view()).unwrap();
+        assert!(all[..3]
+            .iter()
+            .all(|f| (f.share - 1.0).abs() < 1e-12 && (f.cosine - 1.0).abs() < 1e-12));
+        let e = written_fit(written.view(), deltas.slice(ndarray::s![..2, ..])).unwrap_err();
+        assert!(e.to_string().contains("one row per fact"), "{e}");
     }
 }

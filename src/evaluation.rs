@@ -8,7 +8,7 @@ use crate::Error;
 use eamet_eval::data::EvalRecord;
 use eamet_eval::drift::DriftReference;
 use eamet_eval::metrics::{evaluate, ContextPrefixes, EvalConfig, RecordEval};
-use eamet_eval::report::{Checkpoint, MisalignmentInfo, Report, RunInfo};
+use eamet_eval::report::{Checkpoint, MisalignmentInfo, Report, RunInfo, WrittenFit};
 use eamet_hooks::{Dtype, EditableLm};
 use eamet_optim::Fact;
 use serde::{Deserialize, Serialize};
@@ -187,8 +187,8 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
 
     let result = edit_and_evaluate(model, records, &facts, plan, &prefixes, &pre, &reference);
     model.restore();
-    let (post, outcome_parts, checkpoints, edit_timings, solves) = result?;
-    timings.extend(edit_timings);
+    let parts = result?;
+    timings.extend(parts.timings);
 
     info.method = method_name(plan.method).into();
     info.n = records.len();
@@ -206,8 +206,8 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         describe_residual_schedule(plan.method.schedule(&plan.hparams))
     );
     info.hparams = serde_json::to_value(&plan.hparams).map_err(input)?;
-    let mut report = Report::new(info, pre, post, timings);
-    report.checkpoints = checkpoints;
+    let mut report = Report::new(info, pre, parts.post, timings);
+    report.checkpoints = parts.checkpoints;
     let extra = eamet_eval::metrics::extra_sample(
         records.len(),
         plan.eval.extra_sample,
@@ -216,7 +216,7 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
     if extra.len() < records.len() {
         report.extra_records = Some(extra);
     }
-    let (opt, written, nll) = outcome_parts;
+    let (opt, written) = (parts.misalignment_optimized, parts.misalignment_written);
     report.misalignment = Some(MisalignmentInfo {
         direction: "KL(P_r || P_k)".into(),
         neighbourhood: "j < i (within each edit batch)".into(),
@@ -225,8 +225,9 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         per_fact_optimized: opt,
         per_fact_written: written,
     });
-    report.residual_nll = nll;
-    report.solves = solves;
+    report.residual_nll = parts.residual_nll;
+    report.written_fit = parts.written_fit;
+    report.solves = parts.solves;
     Ok(report)
 }
 
@@ -367,13 +368,19 @@ pub fn describe_residual_schedule(s: eamet_optim::Schedule) -> String {
     }
 }
 
-type Parts = (
-    Vec<RecordEval>,
-    (Vec<f64>, Vec<f64>, Vec<f64>),
-    Vec<Checkpoint>,
-    Vec<(String, f64)>,
-    Vec<String>,
-);
+/// What editing and evaluating the records produced, besides the pre-edit results.
+struct Parts {
+    post: Vec<RecordEval>,
+    /// Per fact: A(i) of the optimized and of the written residuals, the final residual NLL
+    /// and how much of each residual was written.
+    misalignment_optimized: Vec<f64>,
+    misalignment_written: Vec<f64>,
+    residual_nll: Vec<f64>,
+    written_fit: Vec<WrittenFit>,
+    checkpoints: Vec<Checkpoint>,
+    timings: Vec<(String, f64)>,
+    solves: Vec<String>,
+}
 
 fn edit_and_evaluate<M: EditableLm + ?Sized>(
     model: &mut M,
@@ -393,6 +400,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
     };
     let mut timings: Vec<(String, f64)> = Vec::new();
     let (mut opt, mut written, mut nll) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fit = Vec::new();
     let mut checkpoints = Vec::new();
     let mut solves = Vec::new();
     let n_batches = facts.len().div_ceil(batch);
@@ -431,6 +439,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
         opt.extend(out.misalignment.iter().copied());
         written.extend(out.written_misalignment.iter().copied());
         nll.extend(out.residuals.stats.iter().map(|s| s.final_nll));
+        fit.extend(out.written_fit()?);
         if n_batches > 1 && b + 1 < n_batches {
             let t = Instant::now();
             let end = ((b + 1) * batch).min(facts.len());
@@ -464,7 +473,16 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
             summary: eamet_eval::metrics::summarize(&post),
         });
     }
-    Ok((post, (opt, written, nll), checkpoints, timings, solves))
+    Ok(Parts {
+        post,
+        misalignment_optimized: opt,
+        misalignment_written: written,
+        residual_nll: nll,
+        written_fit: fit,
+        checkpoints,
+        timings,
+        solves,
+    })
 }
 
 /// The records (and their pre-edit results) an intermediate checkpoint after `end` edits

@@ -54,11 +54,12 @@ pub mod editor;
 pub mod evaluation;
 pub mod stats;
 
+pub use eamet_eval::report::WrittenFit;
 pub use eamet_optim::Fact;
 pub use editor::{
-    EditHparams, EditOptions, EditOutcome, Editor, LayerWeights, Method, GEMMA3_270M_CLAMP_KS,
-    GEMMA3_270M_LAMBDA, GEMMA3_270M_LAYER, REFERENCE_ONLY_FIELDS, SMOLLM2_LAMBDA,
-    SMOLLM2_LAMBDA_ALIGNED,
+    written_fit, EditHparams, EditOptions, EditOutcome, Editor, LayerWeights, Method,
+    GEMMA3_270M_CLAMP_KS, GEMMA3_270M_LAMBDA, GEMMA3_270M_LAYER, REFERENCE_ONLY_FIELDS,
+    SMOLLM2_LAMBDA, SMOLLM2_LAMBDA_ALIGNED,
 };
 
 /// Errors of the facade.

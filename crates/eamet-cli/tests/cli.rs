@@ -578,6 +578,15 @@ fn score_and_eval_on_small_inputs() {
         .as_str()
         .unwrap()
         .contains("batches of 1"));
+    // How much of each residual the edit wrote: one entry per fact (both batches), a positive
+    // share (the solve writes along δ) and a cosine in [-1, 1].
+    let fit = rep["written_fit"].as_array().unwrap();
+    assert_eq!(fit.len(), 2, "{fit:?}");
+    for f in fit {
+        let (share, cos) = (f["share"].as_f64().unwrap(), f["cosine"].as_f64().unwrap());
+        assert!(f["norm"].as_f64().unwrap() > 0.0 && share > 0.0, "{f}");
+        assert!((-1.0..=1.0).contains(&cos), "{f}");
+    }
     // Raw generations pre and post for every prompt.
     let fx: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("counterfact_rome_3.json")).unwrap())

@@ -94,6 +94,31 @@ pub struct Checkpoint {
     pub summary: BTreeMap<String, (f64, usize)>,
 }
 
+/// How much of one optimized residual `δ` an edit wrote (`w`: what the edit moved, in the
+/// space `δ` was optimized in).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WrittenFit {
+    /// `‖δ‖`.
+    pub norm: f64,
+    /// `⟨w, δ⟩ / ‖δ‖²`: the share of `δ` written along `δ` (1: all of it; the normal equation
+    /// writes less, trading it against the preserved keys; 0 for `δ = 0`).
+    pub share: f64,
+    /// `cos(w, δ)` (0 when either is zero): whether what was written points where `δ` does.
+    pub cosine: f64,
+}
+
+impl WrittenFit {
+    /// Means of `‖δ‖`, the share and the cosine over `fits` (`None` when empty).
+    pub fn mean(fits: &[WrittenFit]) -> Option<WrittenFit> {
+        let n = fits.len() as f64;
+        (!fits.is_empty()).then(|| WrittenFit {
+            norm: fits.iter().map(|f| f.norm).sum::<f64>() / n,
+            share: fits.iter().map(|f| f.share).sum::<f64>() / n,
+            cosine: fits.iter().map(|f| f.cosine).sum::<f64>() / n,
+        })
+    }
+}
+
 /// A whole evaluation run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -124,6 +149,10 @@ pub struct Report {
     /// null-space dimension, warnings. Empty in reports written before it existed.
     #[serde(default)]
     pub solves: Vec<String>,
+    /// Per edited fact, in editing order: how much of its optimized residual the edit wrote.
+    /// Empty in reports written before it existed.
+    #[serde(default)]
+    pub written_fit: Vec<WrittenFit>,
     /// Per record: pre and post results with every prompt's raw generation.
     pub records: Vec<(RecordEval, RecordEval)>,
 }
@@ -148,6 +177,7 @@ impl Report {
             checkpoints: Vec::new(),
             extra_records: None,
             solves: Vec::new(),
+            written_fit: Vec::new(),
         }
     }
 
@@ -242,6 +272,12 @@ impl Report {
                 m.direction, m.neighbourhood, m.total_optimized, m.total_written
             ));
         }
+        if let Some(f) = WrittenFit::mean(&self.written_fit) {
+            s.push_str(&format!(
+                "\nWritten residuals, mean over {} facts: share of δ written ⟨w, δ⟩/‖δ‖² = {:.3}, cos(w, δ) = {:.3}, ‖δ‖ = {:.2}.\n",
+                self.written_fit.len(), f.share, f.cosine, f.norm
+            ));
+        }
         if !self.checkpoints.is_empty() {
             s.push_str("\n| edits | strict efficacy | strict generalization | strict specificity |\n|---|---|---|---|\n");
             for c in &self.checkpoints {
@@ -333,6 +369,11 @@ impl Report {
         }
         for (i, v) in self.residual_nll.iter().enumerate() {
             check(&|| format!("final residual NLL of fact {i}"), *v)?;
+        }
+        for (i, f) in self.written_fit.iter().enumerate() {
+            for (what, v) in [("‖δ‖", f.norm), ("share", f.share), ("cosine", f.cosine)] {
+                check(&|| format!("written residual {what} of fact {i}"), v)?;
+            }
         }
         if let Some(m) = &self.misalignment {
             check(

@@ -4,7 +4,7 @@
 use eamet_eval::data::{load_str, LoadOptions};
 use eamet_eval::drift::{kl_rows, percentile, DriftReference, DriftSummary};
 use eamet_eval::metrics::{evaluate, ContextPrefixes, EvalConfig, PromptKind};
-use eamet_eval::report::Report;
+use eamet_eval::report::{Report, WrittenFit};
 use eamet_hooks::tch::{Device, Kind, Tensor};
 use eamet_hooks::{Batch, EditableLm, LlamaModel, LogProbs, Padding, Plan};
 use std::path::PathBuf;
@@ -213,6 +213,40 @@ fn same_model_gives_zero_and_an_edit_matches_an_independent_computation() {
     json.as_object_mut().unwrap().remove("solves");
     let old: Report = serde_json::from_value(json).unwrap();
     assert!(old.solves.is_empty());
+
+    // How much of each residual was written: the means in the markdown, kept through JSON,
+    // absent from older reports, a non-finite value refused.
+    assert!(!md.contains("Written residuals"), "{md}");
+    let fit = |norm, share, cosine| WrittenFit {
+        norm,
+        share,
+        cosine,
+    };
+    let mut fitted = report.clone();
+    fitted.written_fit = vec![fit(2.0, 0.25, 0.5), fit(4.0, 0.75, 1.0)];
+    assert!(fitted.to_markdown().contains(
+        "Written residuals, mean over 2 facts: share of δ written ⟨w, δ⟩/‖δ‖² = 0.500, cos(w, δ) = 0.750, ‖δ‖ = 3.00."
+    ));
+    let mut json = serde_json::to_value(&fitted).unwrap();
+    assert_eq!(
+        serde_json::from_value::<Report>(json.clone())
+            .unwrap()
+            .written_fit,
+        fitted.written_fit
+    );
+    json.as_object_mut().unwrap().remove("written_fit");
+    assert!(serde_json::from_value::<Report>(json)
+        .unwrap()
+        .written_fit
+        .is_empty());
+    fitted.written_fit[1].share = f64::NAN;
+    let e = fitted
+        .write(tempfile::tempdir().unwrap().path())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("written residual share of fact 1"),
+        "{e}"
+    );
 
     // A NaN anywhere is a typed error naming the metric and the record; nothing is written.
     let mut broken = report.clone();
