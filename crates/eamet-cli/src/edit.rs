@@ -120,6 +120,7 @@ pub fn run(a: EditArgs) -> Result<()> {
         .map(|(f, a)| a.starts_with(&format!(" {}", f.target_new)))
         .collect();
     let ok = hits.iter().filter(|&&h| h).count();
+    let fit = out.written_fit()?;
     if a.json {
         let v = serde_json::json!({
             "method": eamet::evaluation::method_name(method),
@@ -131,6 +132,7 @@ pub fn run(a: EditArgs) -> Result<()> {
             "final_nll": out.residuals.stats.iter().map(|s| s.final_nll).collect::<Vec<_>>(),
             "misalignment_total": out.misalignment_total,
             "written_misalignment_total": out.written_misalignment_total,
+            "written_fit": fit,
             "timings": out.timings,
             "pre": pre.as_ref().map(|p| summarize(p)),
             "post": post.as_ref().map(|p| summarize(p)),
@@ -166,6 +168,12 @@ pub fn run(a: EditArgs) -> Result<()> {
             "misalignment (A(i) = KL(P_r || P_k) over j < i, tau 0.07): optimized residuals {:.3}, written {:.3}",
             out.misalignment_total, out.written_misalignment_total
         );
+        if let Some(m) = eamet::WrittenFit::mean(&fit) {
+            println!(
+                "written residuals (mean over facts): share of δ written {:.3}, cos(written, δ) {:.3}, ‖δ‖ {:.2}",
+                m.share, m.cosine, m.norm
+            );
+        }
         let times: Vec<String> = out
             .timings
             .iter()

@@ -329,6 +329,15 @@ fn generate_edit_patch_round_trip() {
         "{v}"
     );
     assert_eq!(v["schedule"]["batched"]["batch"], 2, "{v}");
+    // Two facts against the keys of 256 documents: nearly all of each residual lands, along it (0.98
+    // and 0.9999 for the first fact alone).
+    let fit = v["written_fit"].as_array().unwrap();
+    assert_eq!(fit.len(), 2, "{v}");
+    assert!(
+        fit.iter()
+            .all(|f| f["share"].as_f64().unwrap() > 0.8 && f["cosine"].as_f64().unwrap() > 0.95),
+        "{v}"
+    );
     assert!(patch.exists());
 
     let out = eamet()
