@@ -709,6 +709,21 @@ fn score_and_eval_on_small_inputs() {
         "{}",
         pinned["timings"]
     );
+    // All edits at once: one solve line per edited layer, without a batch prefix, and one
+    // written-residual entry per fact.
+    let layers = pinned["info"]["hparams"]["layers"]
+        .as_array()
+        .unwrap()
+        .len();
+    let solves = pinned["solves"].as_array().unwrap();
+    assert_eq!(solves.len(), layers, "{solves:?}");
+    assert!(
+        solves
+            .iter()
+            .all(|l| l.as_str().unwrap().starts_with("layer ")),
+        "{solves:?}"
+    );
+    assert_eq!(pinned["written_fit"].as_array().unwrap().len(), 2);
     // Reports side by side.
     let summary = dir.path().join("summary");
     let out = eamet()
