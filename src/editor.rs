@@ -457,6 +457,9 @@ pub struct EditOutcome {
     pub timings: Vec<(String, f64)>,
     /// Whether each layer's statistics came from the cache.
     pub stats_cached: Vec<bool>,
+    /// The documents the key statistics were collected over: the corpus's identity (file
+    /// names or the generator's recipe) and the SHA-256 of its documents.
+    pub stats_corpus: String,
 }
 
 impl EditOutcome {
@@ -769,7 +772,7 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
         lap("keys", &mut t);
         let residuals = self.optimize(&prepared, &keys, l_r)?;
         lap("residuals", &mut t);
-        let (stats, stats_cached) = self.key_stats(&cache_dir)?;
+        let (stats, stats_cached, stats_corpus) = self.key_stats(&cache_dir)?;
         lap("statistics", &mut t);
         let (deltas, solves) = self.write_layers(&prepared, &residuals, &stats, l_r)?;
         lap("solve", &mut t);
@@ -800,6 +803,7 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
             solves,
             timings,
             stats_cached,
+            stats_corpus,
         })
     }
 
@@ -846,7 +850,7 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
     fn key_stats(
         &self,
         cache_dir: &std::path::Path,
-    ) -> Result<(Vec<eamet_solve::KeyStats>, Vec<bool>), Error> {
+    ) -> Result<(Vec<eamet_solve::KeyStats>, Vec<bool>, String), Error> {
         let hp = &self.hp;
         let model = &*self.model;
         let corpus = match &self.opts.corpus {
@@ -864,7 +868,15 @@ impl<'m, M: EditableLm + ?Sized> Editor<'m, M> {
             batch_size: 16,
             progress: self.opts.progress,
         };
-        load_or_collect(model, &corpus, &hp.layers, &stats_cfg, cache_dir)
+        let (stats, cached) = load_or_collect(model, &corpus, &hp.layers, &stats_cfg, cache_dir)?;
+        let what = format!(
+            "{}: {} documents, ≤ {} tokens each (sha256 {})",
+            corpus.id,
+            corpus.docs.len(),
+            hp.mom2_max_tokens,
+            corpus.hash
+        );
+        Ok((stats, cached, what))
     }
 
     /// For each edited layer in order: current keys, the remaining residual spread over the

@@ -206,6 +206,7 @@ pub fn run_eval_with_pre<M: EditableLm + ?Sized>(
         describe_residual_schedule(plan.method.schedule(&plan.hparams))
     );
     info.hparams = serde_json::to_value(&plan.hparams).map_err(input)?;
+    info.stats_corpus = parts.stats_corpus.clone();
     let mut report = Report::new(info, pre, parts.post, timings);
     report.checkpoints = parts.checkpoints;
     let extra = eamet_eval::metrics::extra_sample(
@@ -377,6 +378,8 @@ struct Parts {
     misalignment_written: Vec<f64>,
     residual_nll: Vec<f64>,
     written_fit: Vec<WrittenFit>,
+    /// What the key statistics were collected over (the same for every batch).
+    stats_corpus: Option<String>,
     checkpoints: Vec<Checkpoint>,
     timings: Vec<(String, f64)>,
     solves: Vec<String>,
@@ -401,6 +404,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
     let mut timings: Vec<(String, f64)> = Vec::new();
     let (mut opt, mut written, mut nll) = (Vec::new(), Vec::new(), Vec::new());
     let mut fit = Vec::new();
+    let mut stats_corpus = None;
     let mut checkpoints = Vec::new();
     let mut solves = Vec::new();
     let n_batches = facts.len().div_ceil(batch);
@@ -440,6 +444,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
         written.extend(out.written_misalignment.iter().copied());
         nll.extend(out.residuals.stats.iter().map(|s| s.final_nll));
         fit.extend(out.written_fit()?);
+        stats_corpus.get_or_insert_with(|| out.stats_corpus.clone());
         if n_batches > 1 && b + 1 < n_batches {
             let t = Instant::now();
             let end = ((b + 1) * batch).min(facts.len());
@@ -479,6 +484,7 @@ fn edit_and_evaluate<M: EditableLm + ?Sized>(
         misalignment_written: written,
         residual_nll: nll,
         written_fit: fit,
+        stats_corpus,
         checkpoints,
         timings,
         solves,

@@ -230,11 +230,15 @@ fn sweep_settings_clamped(
         };
         let r: serde_json::Value = serde_json::from_str(&text).unwrap();
         let hp = &r["info"]["hparams"];
-        // The statistics corpus is the default unless the command named another.
-        let stats_default = !r["info"]["command"]
-            .as_str()
-            .unwrap_or("")
-            .contains("--stats-corpus");
+        // The statistics corpus is the default (model-written text): recorded in newer reports,
+        // else read from the command line (no --stats-corpus).
+        let stats_default = match r["info"]["stats_corpus"].as_str() {
+            Some(c) => c.starts_with("model-generated("),
+            None => !r["info"]["command"]
+                .as_str()
+                .unwrap_or("")
+                .contains("--stats-corpus"),
+        };
         // The NLL gate's threshold (EAMET's schedule) must be the presets' 0.5; MEMIT has none.
         let gate_default = hp["alignment_schedule"]
             .get("threshold")

@@ -274,6 +274,7 @@ fn run_info(
         dtype: model.dtype().name().into(),
         device: eamet::hooks::compute::device_name(model.device()),
         prefix_docs_sha256: None,
+        stats_corpus: None,
     })
 }
 
@@ -403,6 +404,7 @@ mod tests {
             dtype: dtype.into(),
             device: "cpu".into(),
             prefix_docs_sha256: None,
+            stats_corpus: None,
         }
     }
 
@@ -442,6 +444,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let with = |sha: Option<&str>| RunInfo {
             prefix_docs_sha256: sha.map(String::from),
+            stats_corpus: None,
             ..info("f32")
         };
         let write = |i: RunInfo| {

@@ -724,6 +724,18 @@ fn score_and_eval_on_small_inputs() {
         "{solves:?}"
     );
     assert_eq!(pinned["written_fit"].as_array().unwrap().len(), 2);
+    // Each report names what its key statistics were collected over.
+    let corpus = |r: &serde_json::Value| r["info"]["stats_corpus"].as_str().unwrap().to_string();
+    assert!(
+        corpus(&pinned).contains("generic.txt"),
+        "{}",
+        corpus(&pinned)
+    );
+    assert!(
+        corpus(&first).starts_with("model-generated(") && corpus(&first).contains("sha256 "),
+        "{}",
+        corpus(&first)
+    );
     // Reports side by side.
     let summary = dir.path().join("summary");
     let out = eamet()

@@ -58,6 +58,11 @@ pub struct RunInfo {
     /// recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_docs_sha256: Option<String>,
+    /// The documents the key statistics `C` were collected over: the corpus's identity (file
+    /// names, or the generator's recipe) and the SHA-256 of its documents; `None` for reports
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_corpus: Option<String>,
 }
 
 fn default_dtype() -> String {
@@ -219,6 +224,9 @@ impl Report {
             i.tool_version
         ));
         s.push_str(&format!("- compute: {} on {}\n", i.dtype, i.device));
+        if let Some(c) = &i.stats_corpus {
+            s.push_str(&format!("- key statistics over: {c}\n"));
+        }
         if let Some(c) = &i.command {
             s.push_str(&format!("- command: `{c}`\n"));
         }

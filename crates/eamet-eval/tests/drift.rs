@@ -183,6 +183,7 @@ fn same_model_gives_zero_and_an_edit_matches_an_independent_computation() {
             dtype: "f32".into(),
             device: "cpu".into(),
             prefix_docs_sha256: None,
+            stats_corpus: None,
         },
         pre,
         post,

@@ -34,6 +34,7 @@ fn report(method: &str, n: usize, efficacy: f64, a: f64, edit_s: f64) -> Report 
         dtype: "f32".into(),
         device: "cpu".into(),
         prefix_docs_sha256: None,
+        stats_corpus: None,
     };
     let mut r = Report::new(
         info,
