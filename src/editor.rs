@@ -129,9 +129,10 @@ pub const GEMMA3_270M_LAYER: usize = 4;
 /// λ of the Gemma 3 270M presets, chosen on the development slice (docs/hparams.md).
 pub const GEMMA3_270M_LAMBDA: f64 = 300.0;
 
-/// The residual clamp of the Gemma 3 270M presets for independent residuals (MEMIT,
-/// AlphaEdit): `‖δ‖ ≤ factor·‖k‖` (`fix_ks`), chosen on the development slice against MEMIT's
-/// block-output clamp, which bounds nothing on this model (docs/hparams.md).
+/// The residual clamp of the Gemma 3 270M presets, every method: `‖δ‖ ≤ factor·‖k‖`
+/// (`fix_ks`), chosen on the development slice: for MEMIT against its block-output clamp,
+/// which bounds nothing on this model, and for EAMET against the factors 3 and 12
+/// (docs/hparams.md).
 pub const GEMMA3_270M_CLAMP_KS: f64 = 1.0;
 
 /// Hyperparameters of an edit; accepts the reference hparams files' field names.
@@ -258,8 +259,8 @@ impl EditHparams {
 
     /// Defaults for Gemma 3 270M (18 blocks, d_ff 2048): the SmolLM2 presets of the method with
     /// one edited layer, [`GEMMA3_270M_LAYER`], λ = [`GEMMA3_270M_LAMBDA`] (AlphaEdit's null-space
-    /// solve has no λ and keeps its own settings) and, for independent residuals (MEMIT,
-    /// AlphaEdit), the clamp `‖δ‖ ≤ ‖k‖` ([`GEMMA3_270M_CLAMP_KS`]), from the
+    /// solve has no λ and keeps its own settings) and the clamp `‖δ‖ ≤ ‖k‖`
+    /// ([`GEMMA3_270M_CLAMP_KS`]), from the
     /// development-slice sweep of docs/hparams.md. Its MLP output passes a post-FFN norm
     /// before it reaches the residual stream, so MEMIT's spread over several layers does not
     /// apply (the [`Editor`] refuses it), and an unclamped residual outgrows the `W_out` output
@@ -268,10 +269,8 @@ impl EditHparams {
         let mut hp = Self::smollm2(method);
         hp.layers = vec![GEMMA3_270M_LAYER];
         hp.mom2_update_weight = LayerWeights::One(GEMMA3_270M_LAMBDA);
-        if matches!(method, Method::Memit | Method::AlphaEdit) {
-            hp.residual.weight_decay_method = eamet_optim::WeightDecayMethod::FixKs;
-            hp.residual.clamp_ks_factor = GEMMA3_270M_CLAMP_KS;
-        }
+        hp.residual.weight_decay_method = eamet_optim::WeightDecayMethod::FixKs;
+        hp.residual.clamp_ks_factor = GEMMA3_270M_CLAMP_KS;
         hp
     }
 

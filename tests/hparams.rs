@@ -186,6 +186,8 @@ fn misspelled_fields_are_errors_that_suggest_the_name() {
 struct Setting {
     name: String,
     lambda: f64,
+    /// `clamp_ks_factor`.
+    clamp: f64,
     efficacy: f64,
     generalization: f64,
     kl: f64,
@@ -207,17 +209,17 @@ fn sweep_settings(model: &str, method: &str, layers: &[usize]) -> Vec<Setting> {
     }
     .residual;
     let kind = serde_json::to_value(preset.weight_decay_method).unwrap();
-    sweep_settings_clamped(model, method, layers, &kind, preset.clamp_ks_factor)
+    sweep_settings_clamped(model, method, layers, &kind, Some(preset.clamp_ks_factor))
 }
 
 /// As [`sweep_settings`], at the residual clamp `clamp_kind` (`"norm"`, `"fix_ks"`) with
-/// `clamp_ks_factor` = `clamp`.
+/// `clamp_ks_factor` = `clamp` (any factor for `None`).
 fn sweep_settings_clamped(
     model: &str,
     method: &str,
     layers: &[usize],
     clamp_kind: &serde_json::Value,
-    clamp: f64,
+    clamp: Option<f64>,
 ) -> Vec<Setting> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("docs/sweep")
@@ -249,7 +251,7 @@ fn sweep_settings_clamped(
             .as_deref()
             != Some(method)
             || hp["layers"] != serde_json::json!(layers)
-            || hp["clamp_ks_factor"].as_f64() != Some(clamp)
+            || clamp.is_some_and(|c| hp["clamp_ks_factor"].as_f64() != Some(c))
             || &hp["weight_decay_method"] != clamp_kind
             || hp["mom2_n_samples"] != 256
             || !stats_default
@@ -260,6 +262,7 @@ fn sweep_settings_clamped(
         out.push(Setting {
             name: path.parent().unwrap().display().to_string(),
             lambda: hp["mom2_update_weight"].as_f64().unwrap(),
+            clamp: hp["clamp_ks_factor"].as_f64().unwrap(),
             efficacy: r["post"]["strict.efficacy"][0].as_f64().unwrap(),
             generalization: r["post"]["strict.generalization"][0].as_f64().unwrap(),
             kl: r["drift"]["kl_mean"].as_f64().unwrap(),
@@ -315,7 +318,7 @@ fn preset_lambda_is_the_sweeps_choice() {
     // (EAMET's was not swept on this model).
     let layer = [eamet::GEMMA3_270M_LAYER];
     let norm = serde_json::json!("norm");
-    let settings = sweep_settings_clamped("gemma3-270m", "memit", &layer, &norm, 2.0);
+    let settings = sweep_settings_clamped("gemma3-270m", "memit", &layer, &norm, Some(2.0));
     assert!(settings.len() >= 3, "gemma3: {} settings", settings.len());
     let chosen = choose(&settings);
     assert_eq!(
@@ -347,6 +350,7 @@ fn preset_lambda_is_the_sweeps_choice() {
     let s = |lambda, efficacy, generalization, kl| Setting {
         name: format!("{lambda}"),
         lambda,
+        clamp: 1.0,
         efficacy,
         generalization,
         kl,
@@ -365,6 +369,38 @@ fn preset_lambda_is_the_sweeps_choice() {
 /// takes one edited layer: a spread over several is refused before any work, naming why; the
 /// Gemma 3 presets pass on the real model's configuration (read from its GGUF header when
 /// set-up fetched it).
+/// Gemma 3 270M's `fix_ks` clamp factor, per method, is the rule's choice among the committed
+/// development-slice settings at the preset layer and λ (MEMIT: 1 and the factors measured
+/// beside it; EAMET: 1, 3 and 12, the SmolLM2 preset's).
+#[test]
+fn gemma3_clamp_is_the_sweeps_choice() {
+    let fix_ks = serde_json::json!("fix_ks");
+    for (method, at_least) in [("memit", 1), ("eamet", 3)] {
+        let settings: Vec<Setting> = sweep_settings_clamped(
+            "gemma3-270m",
+            method,
+            &[eamet::GEMMA3_270M_LAYER],
+            &fix_ks,
+            None,
+        )
+        .into_iter()
+        .filter(|s| s.lambda == eamet::GEMMA3_270M_LAMBDA)
+        .collect();
+        assert!(
+            settings.len() >= at_least,
+            "{method}: {} clamp settings in docs/sweep/gemma3-270m",
+            settings.len()
+        );
+        let chosen = choose(&settings);
+        assert_eq!(
+            eamet::GEMMA3_270M_CLAMP_KS,
+            chosen.clamp,
+            "{method}: the rule picks {}",
+            chosen.name
+        );
+    }
+}
+
 #[test]
 fn a_post_norm_model_takes_one_layer() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
