@@ -476,7 +476,7 @@ impl EditOutcome {
 /// in `f64`.
 ///
 /// # Errors
-/// [`Error::Input`] when the shapes differ.
+/// [`Error::Input`] when the shapes differ or a value is not finite (naming the fact).
 pub fn written_fit(
     written: ArrayView2<'_, f32>,
     deltas: ArrayView2<'_, f32>,
@@ -486,6 +486,16 @@ pub fn written_fit(
             "written_fit: written is {:?} but the residuals are {:?} (one row per fact)",
             written.dim(),
             deltas.dim()
+        )));
+    }
+    let bad = written
+        .rows()
+        .into_iter()
+        .zip(deltas.rows())
+        .position(|(w, d)| w.iter().chain(d.iter()).any(|x| !x.is_finite()));
+    if let Some(i) = bad {
+        return Err(Error::Input(format!(
+            "written_fit: fact {i} has a non-finite value in its written or optimized residual"
         )));
     }
     Ok(written
@@ -952,5 +962,12 @@ mod written_fit_tests {
             .all(|f| (f.share - 1.0).abs() < 1e-12 && (f.cosine - 1.0).abs() < 1e-12));
         let e = written_fit(written.view(), deltas.slice(ndarray::s![..2, ..])).unwrap_err();
         assert!(e.to_string().contains("one row per fact"), "{e}");
+        let mut nan = written.clone();
+        nan[[2, 1]] = f32::NAN;
+        let e = written_fit(nan.view(), deltas.view()).unwrap_err();
+        assert!(
+            e.to_string().contains("fact 2 has a non-finite value"),
+            "{e}"
+        );
     }
 }
